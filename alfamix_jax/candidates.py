@@ -1,0 +1,226 @@
+"""The candidate search: for each cap, which pool rows some anchor's mix flips.
+
+Caps are tried in order; candidates are the union over the caps tried, and
+the search stops right after the first cap at which the union holds more than
+`budget` rows (the original's early stop).
+
+Two implementations with the same result:
+- `search_general`: any row-wise head and any alpha path. Row blocks of a
+  fixed size in a `fori_loop` (the last block is shifted back to end at N,
+  so nothing is padded or copied); anchors are vmapped inside a block, so the
+  peak is O(N*D + block*K*D), never O(N*K*D). The loss gradient is taken
+  per block with `jax.grad`, so no [N, D] gradient is ever held.
+- `search_linear_closed_form`: the exact shortcut for a linear head with the
+  closed-form alpha. Along the step `u + t * g` (g the unit gradient) the
+  logits are affine in t, so row i flips for anchor k iff
+  `eps * ||a_k - u_i|| > t*_i`, where t*_i is where the first class
+  overtakes the pseudo-label. One pass over the pool gives every
+  (row, anchor, cap) decision: O(N*D*(C+K)) flops, O(N*(C+K)) memory.
+"""
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from alfamix_jax.gradients import loss_gradient, normalise_rows
+from alfamix_jax.heads import HeadApply, LinearHead
+from alfamix_jax.mixing import Block
+
+
+class SearchResult(NamedTuple):
+    candidates: jax.Array  # [N] bool: union of flips over the caps tried
+    caps_tried: jax.Array  # [] int32
+    flips_per_cap: jax.Array  # [S] int32: rows flipped at that cap (0 past caps_tried)
+    union_per_cap: jax.Array  # [S] int32: size of the union after that cap
+    flips_per_anchor: jax.Array  # [S, K] int32
+    min_rho: jax.Array  # [N] smallest mix fraction that flipped the row (inf: never)
+    has_direction: jax.Array  # [N] bool: the loss gradient is nonzero
+
+
+# flips_fn(block, anchor, eps, cap, key) -> (flipped [b], rho [b])
+FlipsFn = Callable[[Block, jax.Array, jax.Array, jax.Array, jax.Array], tuple]
+
+
+def block_starts(n: int, block_size: int) -> tuple[int, int]:
+    """Block size actually used and the number of blocks for n rows."""
+    size = min(block_size, n)
+    return size, -(-n // size)
+
+
+def _block(n, size, j):
+    # The last block is shifted back so that it ends at row n: rows it shares
+    # with the previous block are computed twice, with identical results.
+    return jnp.minimum(j * size, n - size)
+
+
+def search_general(
+    key,
+    embeddings,  # [N, D]
+    eligible,  # [N] bool: unlabelled (and valid) rows
+    pseudo,  # [N] int32
+    anchors,  # [K, D]
+    head_apply: HeadApply,
+    head_params,
+    eps,  # [S] the per-cap value handed to flips_fn (cap / sqrt(D) for the closed form)
+    caps,  # [S]
+    budget: int,
+    flips_fn: FlipsFn,
+    *,
+    block_size: int,
+    require_direction: bool,
+    emulate_torch_nan: bool = False,
+) -> SearchResult:
+    """emulate_torch_nan: flag the rows on which the original's float32 torch
+    code divides 0 by 0 (defect Q1) so the reference form reproduces them."""
+    n, _ = embeddings.shape
+    num_eligible = jnp.sum(eligible).astype(embeddings.dtype)
+    num_caps, num_anchors = eps.shape[0], anchors.shape[0]
+    size, num_blocks = block_starts(n, block_size)
+
+    def block_at(start):
+        u = jax.lax.dynamic_slice_in_dim(embeddings, start, size)
+        p = jax.lax.dynamic_slice_in_dim(pseudo, start, size)
+        raw = loss_gradient(head_apply, head_params, u, p)
+        g, has_dir = normalise_rows(raw)
+        rows = start + jnp.arange(size, dtype=jnp.int32)
+        torch_nan = None
+        if emulate_torch_nan:
+            # The original's gradient is ours / N (mean reduction); its float32
+            # norm is 0 once every squared entry is below half the smallest
+            # subnormal, i.e. every |entry| < 2^-75.
+            torch_nan = jnp.max(jnp.abs(raw), axis=-1) < num_eligible * 2.0**-75
+        return Block(u, g, p, rows, torch_nan), has_dir
+
+    def flips_at_cap(s):
+        cap_key = jax.random.fold_in(key, s)
+        anchor_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(cap_key, jnp.arange(num_anchors))
+
+        def body(j, carry):
+            flips, rho, has_direction = carry
+            start = _block(n, size, j)
+            block, has_dir = block_at(start)
+            ok = jax.lax.dynamic_slice_in_dim(eligible, start, size)
+            if require_direction:
+                ok = ok & has_dir
+            f, r = jax.vmap(flips_fn, in_axes=(None, 0, None, None, 0))(
+                block, anchors, eps[s], caps[s], anchor_keys
+            )  # [K, b] each
+            f = f & ok[None, :]
+            r = jnp.min(jnp.where(f, r, jnp.inf), axis=0)
+            flips = jax.lax.dynamic_update_slice_in_dim(flips, f, start, axis=1)
+            rho = jax.lax.dynamic_update_slice_in_dim(rho, r, start, axis=0)
+            has_direction = jax.lax.dynamic_update_slice_in_dim(has_direction, has_dir, start, axis=0)
+            return flips, rho, has_direction
+
+        init = (
+            jnp.zeros((num_anchors, n), bool),
+            jnp.full((n,), jnp.inf, embeddings.dtype),
+            jnp.zeros((n,), bool),
+        )
+        return jax.lax.fori_loop(0, num_blocks, body, init)
+
+    def cond(state):
+        s, candidates = state[0], state[1]
+        return (s < num_caps) & (jnp.sum(candidates) <= budget)
+
+    def body(state):
+        s, candidates, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, _ = state
+        flips, rho, has_direction = flips_at_cap(s)  # [K, N], [N], [N]
+        flipped = jnp.any(flips, axis=0)
+        candidates = candidates | flipped
+        flips_per_cap = flips_per_cap.at[s].set(jnp.sum(flipped, dtype=jnp.int32))
+        union_per_cap = union_per_cap.at[s].set(jnp.sum(candidates, dtype=jnp.int32))
+        flips_per_anchor = flips_per_anchor.at[s].set(jnp.sum(flips, axis=1, dtype=jnp.int32))
+        min_rho = jnp.minimum(min_rho, rho)
+        return s + 1, candidates, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, has_direction
+
+    state = (
+        jnp.int32(0),
+        jnp.zeros((n,), bool),
+        jnp.zeros((num_caps,), jnp.int32),
+        jnp.zeros((num_caps,), jnp.int32),
+        jnp.zeros((num_caps, num_anchors), jnp.int32),
+        jnp.full((n,), jnp.inf, embeddings.dtype),
+        jnp.zeros((n,), bool),
+    )
+    s, candidates, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, has_direction = (
+        jax.lax.while_loop(cond, body, state)
+    )
+    return SearchResult(candidates, s, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, has_direction)
+
+
+def flip_thresholds(embeddings, head: LinearHead, anchors):
+    """Per row: the pseudo-label, whether the loss gradient has a direction,
+    and `e [N, K]`: row i flips for anchor k at every eps > e[i, k].
+
+    With g the unit gradient of CE(f(u), p) and a linear head, the logits of
+    `u + t g` are `l + t s` with s = g W^T. Class c overtakes p at
+    t_c = (l_p - l_c) / (s_c - s_p) when s_c > s_p; t* = min_c t_c, and the
+    step length for anchor k at eps is eps * ||a_k - u||, so e = t* / ||a_k - u||.
+    s is computed as `delta G / ||delta W||` with delta = dCE/dlogits
+    (by jax.grad) and G = W W^T, so no [N, D] gradient is formed.
+    """
+    w, b = head.weight, head.bias
+    num_classes = w.shape[0]
+    proj = embeddings @ jnp.concatenate([w, anchors]).T  # [N, C + K], one pass over the pool
+    logits, u_dot_a = proj[:, :num_classes] + b, proj[:, num_classes:]
+    pseudo = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def ce(lg):
+        return optax.softmax_cross_entropy_with_integer_labels(lg, pseudo).sum()
+
+    delta = jax.grad(ce)(logits)  # [N, C] = softmax - onehot
+    scale = jnp.max(jnp.abs(delta), axis=-1, keepdims=True)
+    delta = delta / jnp.where(scale > 0, scale, 1.0)  # exact in direction, no underflow below
+    delta_gram = delta @ (w @ w.T)  # [N, C]
+    grad_norm = jnp.sqrt(jnp.maximum(jnp.sum(delta_gram * delta, axis=-1, keepdims=True), 0.0))
+    has_direction = grad_norm[:, 0] > 0
+    s = delta_gram / jnp.where(grad_norm > 0, grad_norm, 1.0)  # [N, C] = g . W_c
+
+    l_p = jnp.take_along_axis(logits, pseudo[:, None], axis=-1)
+    s_p = jnp.take_along_axis(s, pseudo[:, None], axis=-1)
+    rate = s - s_p
+    # Exclude c == p by index: under jit, s and s_p may come from different
+    # fusions, so s_p - s_p need not round to exactly 0.
+    rises = (rate > 0) & (jnp.arange(num_classes) != pseudo[:, None])
+    overtake = jnp.where(rises, (l_p - logits) / jnp.where(rises, rate, 1.0), jnp.inf)
+    t_star = jnp.min(overtake, axis=-1)  # [N]
+
+    sq_u = jnp.sum(embeddings * embeddings, axis=-1, keepdims=True)
+    sq_a = jnp.sum(anchors * anchors, axis=-1)
+    dist = jnp.sqrt(jnp.maximum(sq_u - 2.0 * u_dot_a + sq_a, 0.0))  # [N, K]
+    e = t_star[:, None] / dist  # inf where t* is inf or the row sits on the anchor
+    return pseudo, has_direction, e
+
+
+def search_linear_closed_form(
+    embeddings,  # [N, D]
+    eligible,  # [N] bool
+    head: LinearHead,
+    anchors,  # [K, D]
+    eps,  # [S] cap / sqrt(D)
+    budget: int,
+) -> SearchResult:
+    """Same contract as `search_general` with the closed form, default mode."""
+    _, has_direction, e = flip_thresholds(embeddings, head, anchors)
+    ok = (eligible & has_direction)[:, None]
+    flips = (e[None, :, :] < eps[:, None, None]) & ok[None]  # [S, N, K], S*N*K booleans
+    flipped = jnp.any(flips, axis=-1)  # [S, N]; monotone in the cap, so each is also the union
+    union_per_cap = jnp.sum(flipped, axis=-1, dtype=jnp.int32)
+    num_caps = eps.shape[0]
+    over = union_per_cap > budget
+    caps_tried = jnp.where(jnp.any(over), jnp.argmax(over) + 1, num_caps).astype(jnp.int32)
+    tried = jnp.arange(num_caps) < caps_tried
+    candidates = flipped[caps_tried - 1]
+    first = jnp.argmax(flipped, axis=0)  # first cap index that flips the row
+    min_rho = jnp.where(candidates, eps[first], jnp.inf).astype(embeddings.dtype)
+    return SearchResult(
+        candidates=candidates,
+        caps_tried=caps_tried,
+        flips_per_cap=jnp.where(tried, union_per_cap, 0),
+        union_per_cap=jnp.where(tried, union_per_cap, 0),
+        flips_per_anchor=jnp.where(tried[:, None], jnp.sum(flips, axis=1, dtype=jnp.int32), 0),
+        min_rho=min_rho,
+        has_direction=has_direction,
+    )

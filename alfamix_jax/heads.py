@@ -1,0 +1,29 @@
+"""Classifier heads: `head_apply(head_params, z) -> logits`, row-wise.
+
+The selection core only ever calls a head function, so any Flax module's
+`apply` (or any pure function) works. The linear head is named here because
+the closed form has an exact shortcut for it (see `candidates.py`).
+"""
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+HeadApply = Callable[[Any, jax.Array], jax.Array]
+
+
+class LinearHead(NamedTuple):
+    """PyTorch Linear convention: logits = z @ weight.T + bias."""
+
+    weight: jax.Array  # [C, D]
+    bias: jax.Array  # [C]
+
+
+def linear_head_apply(params: LinearHead, z: jax.Array) -> jax.Array:
+    """z: [N, D] -> logits [N, C]."""
+    return z @ params.weight.T + params.bias
+
+
+def pseudo_labels(head_apply: HeadApply, head_params, z: jax.Array) -> jax.Array:
+    """argmax of the head's logits (= argmax of its softmax). z: [N, D] -> [N]."""
+    return jnp.argmax(head_apply(head_params, z), axis=-1).astype(jnp.int32)
