@@ -17,7 +17,8 @@ Two implementations with the same result:
   overtakes the pseudo-label. One pass over the pool gives every
   (row, anchor, cap) decision: O(N*D*(C+K)) flops, O(N*(C+K)) memory.
 """
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -112,7 +112,8 @@ def run_demo(*, rounds: int = 6, budget: int = 20, initial: int = 20, seeds=(1, 
           f"{initial} initial labels, +{budget} per round, {rounds} rounds, seeds {list(seeds)}")
     results = {s: [run_strategy(s, seed, data, rounds=rounds, budget=budget, initial=initial) for seed in seeds]
                for s in ("alfamix", "random")}
-    print("\n| round | labelled | ALFA-Mix acc (mean +- std) | random acc (mean +- std) | ALFA-Mix candidates / filled |")
+    print("\n| round | labelled | ALFA-Mix acc (mean +- std) | random acc (mean +- std) "
+          "| ALFA-Mix candidates / filled |")
     print("|---|---|---|---|---|")
     for r in range(rounds):
         a = np.array([run[r]["acc"] for run in results["alfamix"]])

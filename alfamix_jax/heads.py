@@ -4,7 +4,8 @@ The selection core only ever calls a head function, so any Flax module's
 `apply` (or any pure function) works. The linear head is named here because
 the closed form has an exact shortcut for it (see `candidates.py`).
 """
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -22,11 +22,12 @@ from alfamix_jax import mixing
 from alfamix_jax.anchors import compute_anchors
 from alfamix_jax.caps import make_caps
 from alfamix_jax.fill import fill_default, fill_reference
-from alfamix_jax.heads import HeadApply, LinearHead, linear_head_apply, pseudo_labels
+from alfamix_jax.heads import HeadApply, linear_head_apply, pseudo_labels
 from alfamix_jax.kmeans import kmeans
 
 ALPHA_PATHS = ("closed-form", "random", "learned")
 COMPAT_MODES = ("default", "reference")
+DEFAULT_LEARNED = mixing.LearnedAlphaConfig()
 
 
 class Selection(NamedTuple):
@@ -81,7 +82,7 @@ def make_alfamix_selector(
     alpha: str = "closed-form",
     compat: str = "default",
     alpha_cap_step: float = 0.2,
-    learned: mixing.LearnedAlphaConfig = mixing.LearnedAlphaConfig(),
+    learned: mixing.LearnedAlphaConfig = DEFAULT_LEARNED,
     block_size: int = 4096,
     max_candidates: int = 65536,
     kmeans_max_iters: int = 100,

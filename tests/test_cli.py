@@ -1,0 +1,153 @@
+"""The `alfamix-jax select` command: output contract, determinism, and one
+clear line with exit code 2 (and no output file) for each kind of bad input."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alfamix_jax.cli import main
+
+
+def make_pool(path, n=300, labelled=40, dim=16, classes=4, seed=0, **overrides):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(classes, dim)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    x = (means[y] + rng.normal(size=(n, dim))).astype(np.float32)
+    labels = np.full(n, -1, np.int64)
+    labels[:labelled] = y[:labelled]
+    arrays = dict(embeddings=x, labels=labels, head_weight=means.copy(), head_bias=np.zeros(classes, np.float32))
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_select_writes_the_contract(tmp_path, capsys):
+    pool = make_pool(tmp_path / "pool.npz")
+    out = tmp_path / "out.npz"
+    code, stdout, _ = run(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "25",
+                           "--output", str(out), "--repeat", "2", "--no-compile-cache"], capsys)
+    assert code == 0, stdout
+    with np.load(out, allow_pickle=False) as r:
+        selected, candidates = r["selected"], r["candidates"]
+        assert selected.dtype == np.int64 and selected.shape == (25,)
+        assert len(set(selected.tolist())) == 25
+        assert np.all(pool["labels"][selected] == -1)
+        assert candidates.dtype == bool and candidates.shape == (300,)
+        assert not np.any(candidates[pool["labels"] >= 0])
+        assert int(r["num_filled"]) + int(r["num_from_candidates"]) == 25
+        assert int(r["num_candidates"]) == int(candidates.sum())
+        assert r["timing_first_s"] > 0 and r["timing_steady_s"] > 0
+        assert r["flips_per_anchor"].shape == (5, 4)  # caps 0.2..1.0, one column per class anchor
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]  # no temp file left behind
+
+
+def test_same_seed_same_selection_across_processes(tmp_path):
+    make_pool(tmp_path / "pool.npz", n=400)
+    outs = []
+    for i, seed in enumerate([3, 3, 4]):
+        out = tmp_path / f"out{i}.npz"
+        subprocess.run([sys.executable, "-m", "alfamix_jax.cli", "select", "--input", str(tmp_path / "pool.npz"),
+                        "--budget", "40", "--output", str(out), "--seed", str(seed), "--no-compile-cache"],
+                       check=True, capture_output=True)
+        outs.append(np.load(out)["selected"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("alpha", ["random", "learned"])
+@pytest.mark.parametrize("compat", ["default", "reference"])
+def test_other_alpha_paths_and_modes(tmp_path, capsys, alpha, compat):
+    pool = make_pool(tmp_path / "pool.npz", n=120, labelled=20)
+    out = tmp_path / "out.npz"
+    code, stdout, err = run(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "10", "--output", str(out),
+                             "--alpha", alpha, "--compat", compat, "--no-compile-cache"], capsys)
+    assert code == 0, err
+    selected = np.load(out)["selected"]
+    assert selected.shape == (10,) and np.all(pool["labels"][selected] == -1)
+    if compat == "default":
+        assert len(set(selected.tolist())) == 10
+
+
+BAD_POOLS = {
+    "missing key": (dict(head_bias=None), "head_bias"),
+    "wrong rank": (dict(embeddings=np.zeros(300, np.float32)), "embeddings"),
+    "int embeddings": (dict(embeddings=np.zeros((300, 16), np.int32)), "embeddings"),
+    "nan": (dict(embeddings=np.full((300, 16), np.nan, np.float32)), "NaN"),
+    "inf in head": (dict(head_weight=np.full((4, 16), np.inf, np.float32)), "head_weight"),
+    "head/embedding mismatch": (dict(head_weight=np.zeros((4, 8), np.float32)), "head_weight"),
+    "bias mismatch": (dict(head_bias=np.zeros(3, np.float32)), "head_bias"),
+    "labels too large": (dict(labels=np.r_[np.full(299, -1), 4]), "labels"),
+    "labels below -1": (dict(labels=np.r_[np.full(299, -1), -2]), "labels"),
+    "float labels": (dict(labels=np.zeros(300, np.float32)), "labels"),
+    "labels length": (dict(labels=np.zeros(10, np.int64)), "labels"),
+    "no labelled row": (dict(labels=np.full(300, -1)), "no labelled"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_POOLS))
+def test_bad_pool_exits_2_naming_the_key(tmp_path, capsys, case):
+    overrides, needle = BAD_POOLS[case]
+    make_pool(tmp_path / "pool.npz", **overrides)
+    out = tmp_path / "out.npz"
+    code, _, err = run(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "5", "--output", str(out)],
+                       capsys)
+    assert code == 2
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_object_array_is_refused_without_unpickling(tmp_path, capsys):
+    make_pool(tmp_path / "pool.npz", labels=np.array([object()] * 300, dtype=object))
+    code, _, err = run(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "5",
+                        "--output", str(tmp_path / "o.npz")], capsys)
+    assert code == 2 and "labels" in err and "object" in err
+
+
+@pytest.mark.parametrize("content", [b"not a zip at all", b""])
+def test_unreadable_input(tmp_path, capsys, content):
+    bad = tmp_path / "pool.npz"
+    bad.write_bytes(content)
+    code, _, err = run(["select", "--input", str(bad), "--budget", "5", "--output", str(tmp_path / "o.npz")], capsys)
+    assert code == 2 and "--input" in err and not (tmp_path / "o.npz").exists()
+
+
+def test_missing_file(tmp_path, capsys):
+    code, _, err = run(["select", "--input", str(tmp_path / "nope.npz"), "--budget", "5",
+                        "--output", str(tmp_path / "o.npz")], capsys)
+    assert code == 2 and "no such file" in err
+
+
+def exit_code_and_err(args, capsys):
+    """main() returns 2 for bad data; argparse raises SystemExit(2) for bad options."""
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget, needle", [("0", "--budget"), ("-3", "--budget"), ("261", "budget (261)"),
+                                            ("x", "--budget")])
+def test_bad_budget(tmp_path, capsys, budget, needle):
+    make_pool(tmp_path / "pool.npz")  # 260 unlabelled rows
+    code, err = exit_code_and_err(["select", "--input", str(tmp_path / "pool.npz"), "--budget", budget,
+                                   "--output", str(tmp_path / "o.npz")], capsys)
+    assert code == 2 and needle in err
+    assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize("step", ["0", "-0.2", "nan", "inf"])
+def test_bad_cap_step(tmp_path, capsys, step):
+    make_pool(tmp_path / "pool.npz")
+    code, err = exit_code_and_err(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "5", "--output",
+                                   str(tmp_path / "o.npz"), "--alpha-cap-step", step], capsys)
+    assert code == 2 and "--alpha-cap-step" in err
