@@ -1,0 +1,63 @@
+"""Shared test helpers: synthetic pools, the reference fixtures, a compile
+counter. Not a test module."""
+import contextlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alfamix_jax import LinearHead
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def load_fixture(name: str) -> dict:
+    """One of the original's captured runs (see tests/fixtures/README.md)."""
+    with np.load(FIXTURES / f"{name}.npz", allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def fixture_labels(fx: dict) -> np.ndarray:
+    """Pool labels in the package's convention: true label if labelled, else -1."""
+    return np.where(fx["idxs_lb"], fx["pool_labels"], -1).astype(np.int32)
+
+
+def fixture_head(fx: dict) -> LinearHead:
+    return LinearHead(jnp.asarray(fx["W"]), jnp.asarray(fx["b"]))
+
+
+def make_pool(seed, *, n=300, dim=16, num_classes=5, labelled=60, sep=1.0, w_noise=0.1, bias_noise=0.1):
+    """A pool built like the fixtures, at a small size: class means
+    sep * N(0, 1), points = mean + N(0, 1), head W = means + noise,
+    b = -|mean|^2 / 2 + noise (well-conditioned logits, no saturated softmax).
+    -> embeddings [N, D] float32, labels [N] int32 (-1 unlabelled), true [N],
+    LinearHead of float32 arrays."""
+    rng = np.random.default_rng(seed)
+    means = sep * rng.normal(size=(num_classes, dim))
+    true = rng.integers(0, num_classes, n)
+    x = means[true] + rng.normal(size=(n, dim))
+    w = means + w_noise * rng.normal(size=means.shape)
+    b = -0.5 * np.sum(means**2, axis=1) + bias_noise * rng.normal(size=num_classes)
+    labels = np.full(n, -1, np.int32)
+    chosen = rng.choice(n, labelled, replace=False)
+    labels[chosen] = true[chosen]
+    head = LinearHead(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
+    return x.astype(np.float32), labels, true, head
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA backend compilations (of anything) inside the block:
+    `with count_compiles() as n: ...; n[0]`."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -1,0 +1,137 @@
+"""k-means on device (alfamix_jax.kmeans): quality against scikit-learn,
+the picks, the fixed-size buffer with `n_valid` real rows, determinism, and
+no recompilation when `n_valid` changes."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from alfamix_jax import kmeans
+from support import count_compiles
+
+SEEDS = range(5)
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def kmeans_jit(key, x, n_valid, k):
+    return kmeans(key, x, n_valid, k, block_size=128)
+
+
+def blobs(seed):
+    x, _ = make_blobs(n_samples=600, centers=20, n_features=8, cluster_std=1.0, random_state=seed)
+    return x.astype(np.float32), 20
+
+
+def normalised_gaussian(seed):
+    # What the selection clusters: L2-normalised embeddings, no cluster structure.
+    x = np.random.default_rng(seed).normal(size=(500, 16))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), 25
+
+
+@pytest.mark.parametrize("data", [blobs, normalised_gaussian])
+def test_inertia_close_to_scikit_learn(data):
+    ours, theirs = [], []
+    for seed in SEEDS:
+        x, k = data(seed)
+        result = kmeans_jit(jax.random.key(seed), jnp.asarray(x), len(x), k)
+        ours.append(float(result.inertia))
+        theirs.append(KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x).inertia_)
+        # The reported inertia is that of the reported assignment.
+        centres, assignment = np.asarray(result.centres, np.float64), np.asarray(result.assignment)
+        np.testing.assert_allclose(ours[-1], np.sum((x - centres[assignment]) ** 2), rtol=1e-4)
+    # Averaged over seeds, k-means++ then Lloyd is as good as scikit-learn's.
+    assert np.mean(ours) <= 1.05 * np.mean(theirs), (ours, theirs)
+
+
+def check_result(x, n_valid, k, result):
+    """Assignment to the nearest centre, picks nearest their centre among
+    their cluster's members, nothing past n_valid used."""
+    x = np.asarray(x, np.float64)[:n_valid]
+    centres = np.asarray(result.centres, np.float64)
+    assignment, picks = np.asarray(result.assignment), np.asarray(result.picks)
+    assert np.all(assignment[n_valid:] == -1)
+    a = assignment[:n_valid]
+    assert np.all((0 <= a) & (a < k))
+    d = np.sum((x[:, None, :] - centres[None]) ** 2, axis=-1)  # [n, k]
+    np.testing.assert_allclose(d[np.arange(n_valid), a], d.min(axis=1), rtol=1e-5, atol=1e-5)
+    for j in range(k):
+        members = np.flatnonzero(a == j)
+        if len(members) == 0:
+            assert picks[j] == -1
+            continue
+        assert 0 <= picks[j] < n_valid and a[picks[j]] == j, "a pick outside its cluster"
+        np.testing.assert_allclose(d[picks[j], j], d[members, j].min(), rtol=1e-5, atol=1e-6)
+    valid_picks = picks[picks >= 0]
+    assert len(set(valid_picks.tolist())) == len(valid_picks)
+
+
+@pytest.mark.parametrize("data", [blobs, normalised_gaussian])
+def test_picks_are_members_nearest_their_centre(data):
+    x, k = data(0)
+    for seed in (0, 1):
+        check_result(x, len(x), k, kmeans_jit(jax.random.key(seed), jnp.asarray(x), len(x), k))
+
+
+def test_rows_past_n_valid_are_ignored():
+    x, k = blobs(3)
+    n_valid = 450
+    a, b = x.copy(), x.copy()
+    a[n_valid:] = 1e3  # far away: would take clusters and picks if they counted
+    b[n_valid:] = -7.0
+    key = jax.random.key(0)
+    ra = jax.device_get(kmeans_jit(key, jnp.asarray(a), n_valid, k))
+    rb = jax.device_get(kmeans_jit(key, jnp.asarray(b), n_valid, k))
+    check_result(a, n_valid, k, ra)
+    assert np.all(np.asarray(ra.picks) < n_valid)
+    for field in ("centres", "assignment", "picks", "inertia", "iterations"):
+        np.testing.assert_array_equal(getattr(ra, field), getattr(rb, field), err_msg=field)
+
+
+def test_same_key_same_result_and_jit_equals_eager():
+    x, k = blobs(1)
+    key = jax.random.key(7)
+    first = jax.device_get(kmeans_jit(key, jnp.asarray(x), len(x), k))
+    second = jax.device_get(kmeans_jit(key, jnp.asarray(x), len(x), k))
+    eager = jax.device_get(kmeans(key, jnp.asarray(x), len(x), k, block_size=128))
+    other = jax.device_get(kmeans_jit(jax.random.key(8), jnp.asarray(x), len(x), k))
+    for field in ("centres", "assignment", "picks", "inertia", "iterations"):
+        np.testing.assert_array_equal(getattr(first, field), getattr(second, field), err_msg=field)
+    # Blobs of ~30 points: no two members tie for nearest, so fused and unfused agree.
+    np.testing.assert_array_equal(first.picks, eager.picks)
+    np.testing.assert_array_equal(first.assignment, eager.assignment)
+    np.testing.assert_allclose(first.centres, eager.centres, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(first.centres, other.centres)  # the key matters
+
+
+def test_different_n_valid_does_not_recompile():
+    x, k = normalised_gaussian(2)
+    traces = []
+
+    @functools.partial(jax.jit, static_argnames="k")
+    def traced_kmeans(key, x, n_valid, k):
+        traces.append(1)
+        return kmeans(key, x, n_valid, k, block_size=128)
+
+    key = jax.random.key(0)
+    check_result(x, 300, k, traced_kmeans(key, jnp.asarray(x), 300, k))
+    with count_compiles() as compiles:
+        for n_valid in (120, 499):
+            check_result(x, n_valid, k, traced_kmeans(key, jnp.asarray(x), n_valid, k))
+    assert len(traces) == 1 and compiles[0] == 0
+
+
+def test_duplicate_points_leave_clusters_empty():
+    # Three distinct points, each repeated, five clusters: k-means++ covers
+    # the three, the other centres duplicate them and their clusters stay
+    # empty (-1 picks), which the selection's fill then makes up (Q6).
+    base = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    x = np.repeat(base, 10, axis=0)
+    result = jax.device_get(kmeans_jit(jax.random.key(0), jnp.asarray(x), len(x), 5))
+    picks = np.asarray(result.picks)
+    assert np.sum(picks >= 0) == 3
+    assert {tuple(x[p]) for p in picks[picks >= 0]} == {tuple(row) for row in base}
+    assert float(result.inertia) == pytest.approx(0.0, abs=1e-6)
