@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import fixture_head, fixture_labels, load_fixture
 
 from alfamix_jax import compute_anchors, linear_head_apply, make_alfamix_selector, pseudo_labels
 from alfamix_jax.gradients import loss_gradient, normalise_rows
 from alfamix_jax.mixing import Block, closed_form_flips
-from support import fixture_head, fixture_labels, load_fixture
 
 CLOSED_FORM = [
     "closed_form",
@@ -39,7 +39,9 @@ def fixture(name):
 
 @functools.cache
 def selector(budget, compat, alpha="closed-form", step=0.2):
-    return make_alfamix_selector(budget=budget, num_classes=NUM_CLASSES, compat=compat, alpha=alpha, alpha_cap_step=step)
+    return make_alfamix_selector(
+        budget=budget, num_classes=NUM_CLASSES, compat=compat, alpha=alpha, alpha_cap_step=step
+    )
 
 
 @functools.cache
@@ -246,8 +248,10 @@ def test_random_and_learned_alpha_statistics(name, alpha):
         check_batch(fx, result, unique=False)
     mean = np.mean(unions, axis=0)
     if alpha == "random":
-        tolerance = 3 * np.sqrt(original) + 3  # counts of rare events: a Poisson-like spread
+        tolerance, final = 3 * np.sqrt(original) + 3, 0.1  # counts of rare events: a Poisson-like spread
     else:
-        tolerance = 0.05 * original + 2
+        # Tight enough to tell the original's Adam (reset every step, Q5; 157-162
+        # here) from one that keeps its state (150-157, the default mode's).
+        tolerance, final = 0.03 * original + 2, 0.03
     assert np.all(np.abs(mean - original) <= tolerance), (mean, original)
-    assert abs(mean[-1] - original[-1]) <= 0.1 * original[-1]
+    assert abs(mean[-1] - original[-1]) <= final * original[-1], (mean[-1], original[-1])

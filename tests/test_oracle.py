@@ -5,11 +5,11 @@ import functools
 
 import jax
 import numpy as np
-import pytest
-
 import oracle
-from alfamix_jax import LinearHead, make_alfamix_selector
+import pytest
 from support import make_pool
+
+from alfamix_jax import LinearHead, make_alfamix_selector
 
 NUM_CLASSES = 5
 SEEDS = (0, 1, 2, 3)

@@ -11,14 +11,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import make_pool
 
-import oracle
 from alfamix_jax import LinearHead, make_alfamix_selector
 from alfamix_jax.gradients import normalise_rows
-from support import make_pool
 
 N, DIM, NUM_CLASSES, BUDGET = 64, 8, 4, 6
 ALPHAS = ("closed-form", "random", "learned")
@@ -259,3 +259,17 @@ def test_linear_head_params_are_any_pytree_leaves():
     a = selector("default", "closed-form")(jax.random.key(0), x, labels, head)
     b = selector("default", "closed-form")(jax.random.key(0), x, labels, numpy_head)
     np.testing.assert_array_equal(np.asarray(a.selected), np.asarray(b.selected))
+
+
+def test_fused_program_equals_two_stages():
+    # `fused=True` (one program, lax.cond between taking all candidates and
+    # k-means) is documented to give the same result as the two jitted stages.
+    fused = make_alfamix_selector(budget=BUDGET, num_classes=NUM_CLASSES, fused=True, block_size=16)
+    for seed, labelled in ((11, 16), (1, N - BUDGET)):  # with and without k-means
+        x, labels, _, head = make_pool(seed, n=N, dim=DIM, num_classes=NUM_CLASSES, labelled=labelled, sep=0.3)
+        a = jax.device_get(selector("default", "closed-form")(jax.random.key(seed), x, labels, head))
+        b = jax.device_get(fused(jax.random.key(seed), x, labels, head))
+        np.testing.assert_array_equal(a.candidates, b.candidates)
+        for name in ("caps_tried", "num_candidates", "num_filled", "num_from_candidates"):
+            np.testing.assert_array_equal(a.diagnostics[name], b.diagnostics[name], err_msg=name)
+        assert_same_up_to_kmeans_ties(a, b)

@@ -6,9 +6,9 @@ import functools
 import jax
 import numpy as np
 import pytest
+from support import count_compiles, make_pool
 
 from alfamix_jax import linear_head_apply, make_alfamix_selector
-from support import count_compiles, make_pool
 
 N, DIM, NUM_CLASSES, BUDGET = 96, 8, 4, 5
 
