@@ -9,9 +9,10 @@ trials with one [M, D] x [D, trials] product, so it costs about one pass over
 the points.
 
 The points live in a fixed-size buffer `x [M, D]` whose first `n_valid` rows
-are real (`n_valid` is a traced scalar). Every pass loops over the occupied
-row blocks only, so the work follows the number of points actually there,
-while shapes stay static and nothing recompiles when that number changes.
+are real (`n_valid` is a traced scalar). Lloyd passes loop over the occupied
+row blocks only; seeding runs on the smallest of a few static prefixes that
+holds them. So the work follows the number of points actually there, while
+shapes stay static and nothing recompiles when that number changes.
 """
 import math
 from typing import NamedTuple
@@ -47,16 +48,11 @@ def _sq_dists(x, sq_x, centres):
     return jnp.maximum(sq_x[:, None] - 2.0 * (x @ centres.T) + sq_c[None, :], 0.0)
 
 
-def kmeans_plus_plus(key, x, n_valid, k: int, *, block_size: int = 65536):
-    """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant):
-    each new centre is the best of `2 + log k` points drawn with probability
-    proportional to the squared distance to the nearest centre so far.
-    x: [M, D], first n_valid rows real. -> centres [k, D].
-    Each step is one memory-bound pass over x; its temporaries are only
-    [trials, block], so blocks are large (sliced copies cost 2x at 4096)."""
+def _seed(key, x, n_valid, k: int):
+    """Greedy k-means++ over all of x (one block): the rows past n_valid
+    weigh nothing. -> centres [k, D]."""
     m, dim = x.shape
     trials = 2 + int(math.log(k))
-    size, num_blocks = _blocks(m, block_size, n_valid)
     sq_x = jnp.sum(x * x, axis=-1)
     valid = jnp.arange(m) < n_valid
 
@@ -69,25 +65,6 @@ def kmeans_plus_plus(key, x, n_valid, k: int, *, block_size: int = 65536):
         uniform = jax.random.randint(key, (count,), 0, jnp.maximum(n_valid, 1))
         return jnp.where(total > 0, jnp.minimum(idx, n_valid - 1), uniform)
 
-    def potentials(cands, mind):
-        """For each trial point: sum over points of min(mind, d(point, trial)),
-        plus the new mind for every trial. -> [trials], [trials, M]."""
-        c = x[cands]  # [T, D]
-
-        def body(j, carry):
-            pot, new_mind = carry
-            start, _, fresh = _block_rows(m, size, n_valid, j)
-            xb = jax.lax.dynamic_slice_in_dim(x, start, size)
-            sb = jax.lax.dynamic_slice_in_dim(sq_x, start, size)
-            mb = jax.lax.dynamic_slice_in_dim(mind, start, size)
-            d = jnp.minimum(_sq_dists(xb, sb, c).T, mb[None, :])  # [T, b]
-            pot = pot + jnp.sum(jnp.where(fresh[None, :], d, 0.0), axis=-1)
-            new_mind = jax.lax.dynamic_update_slice_in_dim(new_mind, d, start, axis=1)
-            return pot, new_mind
-
-        init = (jnp.zeros((trials,), x.dtype), jnp.broadcast_to(mind, (trials, m)))
-        return jax.lax.fori_loop(0, num_blocks, body, init)
-
     key, first_key = jax.random.split(key)
     first = jax.random.randint(first_key, (), 0, jnp.maximum(n_valid, 1))
     centres = jnp.zeros((k, dim), x.dtype).at[0].set(x[first])
@@ -96,12 +73,31 @@ def kmeans_plus_plus(key, x, n_valid, k: int, *, block_size: int = 65536):
     def step(i, carry):
         centres, mind = carry
         cands = draw(jax.random.fold_in(key, i), mind, trials)
-        pot, new_mind = potentials(cands, mind)
-        best = jnp.argmin(pot)
+        # Every trial scored in one [M, D] x [D, trials] product.
+        new_mind = jnp.minimum(_sq_dists(x, sq_x, x[cands]).T, mind[None, :])  # [T, M]
+        best = jnp.argmin(jnp.sum(jnp.where(valid[None, :], new_mind, 0.0), axis=-1))
         return centres.at[i].set(x[cands[best]]), jnp.where(valid, new_mind[best], 0.0)
 
     centres, _ = jax.lax.fori_loop(1, k, step, (centres, mind))
     return centres
+
+
+def kmeans_plus_plus(key, x, n_valid, k: int, *, shrink: int = 4, levels: int = 3):
+    """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant):
+    each new centre is the best of `2 + log k` points drawn with probability
+    proportional to the squared distance to the nearest centre so far.
+    x: [M, D], first n_valid rows real. -> centres [k, D].
+
+    Each of the k steps is one memory-bound pass, so it runs over the
+    smallest static prefix x[:M / shrink^j] (j < levels) that holds the valid
+    rows, chosen once by `lax.switch`: a nearly empty buffer costs its
+    content, not its size, and shapes stay static. Row blocks in a loop would
+    do the same but cost 2x on a full buffer (sliced copies)."""
+    m = x.shape[0]
+    prefixes = sorted({max(1, m // shrink**j) for j in range(levels)})  # ascending, last = m
+    branch = jnp.searchsorted(jnp.asarray(prefixes), n_valid, side="left")
+    branches = [lambda p=p: _seed(key, x[:p], n_valid, k) for p in prefixes]
+    return jax.lax.switch(jnp.minimum(branch, len(prefixes) - 1), branches)
 
 
 def _assign_pass(x, sq_x, n_valid, centres, size, num_blocks, *, shapes_only=False):
@@ -153,7 +149,6 @@ def kmeans(
     max_iters: int = 100,
     tol: float = 1e-4,
     block_size: int = 4096,
-    seed_block_size: int = 65536,
 ):
     """k-means++ then Lloyd until the centres move less than `tol` times the
     mean per-feature variance (scikit-learn's rule) or `max_iters`.
@@ -167,7 +162,7 @@ def kmeans(
     variance = jnp.sum(jnp.where(valid, (x - mean) ** 2, 0.0), axis=0) / count
     threshold = tol * jnp.mean(variance)
 
-    centres = kmeans_plus_plus(key, x, n_valid, k, block_size=seed_block_size)
+    centres = kmeans_plus_plus(key, x, n_valid, k)
 
     # Each iteration is one assignment pass with the current centres. The loop
     # ends on the pass after which the centres would move by <= threshold, so

@@ -261,7 +261,7 @@ def worker_kmeans(args):
     x = np.ascontiguousarray(x, dtype=np.float32)
     xd = jax.block_until_ready(jax.device_put(x))
     n_valid = jnp.int32(x.shape[0])
-    fn = jax.jit(kmeans, static_argnames=("k", "max_iters", "tol", "block_size", "seed_block_size"))
+    fn = jax.jit(kmeans, static_argnames=("k", "max_iters", "tol", "block_size"))
 
     def call(seed):
         return jax.block_until_ready(fn(jax.random.key(seed), xd, n_valid, KMEANS_CENTRES))
@@ -277,7 +277,7 @@ def worker_kmeans(args):
     # Pieces: the k-means++ seeding alone.
     from alfamix_jax import kmeans_plus_plus
 
-    seed_fn = jax.jit(kmeans_plus_plus, static_argnames=("k", "block_size"))
+    seed_fn = jax.jit(kmeans_plus_plus, static_argnames=("k",))
     jax.block_until_ready(seed_fn(jax.random.key(0), xd, n_valid, KMEANS_CENTRES))
     out["seeding_s"] = statistics.median(
         _timed(lambda i=i: jax.block_until_ready(seed_fn(jax.random.key(i), xd, n_valid, KMEANS_CENTRES)))[1]
