@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/alfamix-jax demo
+	$(BIN)/alfamix-jax run --config demo --workdir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,7 +1,8 @@
 """`alfamix-jax`: the command line.
 
     alfamix-jax select --input POOL.npz --budget B --output OUT.npz
-    alfamix-jax demo
+    alfamix-jax run --config CONFIG --workdir DIR [--set key.path=value ...]
+    alfamix-jax report DIR [DIR ...]
 
 `select` is framework-agnostic: it takes embeddings and a linear head that a
 PyTorch (or any) model already produced. Bad input exits with code 2 and one
@@ -71,11 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--no-compile-cache", action="store_true",
                      help="do not use the persistent XLA compilation cache")
 
-    demo = sub.add_parser("demo", help="active learning on the embedded digits dataset: ALFA-Mix vs random")
-    demo.add_argument("--rounds", type=_positive_int("--rounds"), default=6)
-    demo.add_argument("--budget", type=_positive_int("--budget"), default=20)
-    demo.add_argument("--initial", type=_positive_int("--initial"), default=20)
-    demo.add_argument("--seeds", default="1,10,100")
+    run = sub.add_parser("run", help="run (or resume) an active-learning experiment from a config")
+    run.add_argument("--config", required=True,
+                     help="a shipped config name (demo, fashion_mnist_mlp, mnist_mlp, cifar10_resnet18) or a .py "
+                     "file defining get_config()")
+    run.add_argument("--workdir", required=True, help="results.csv, checkpoints and plots go here; rerun to resume")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set train.learning_rate=0.01 --set seeds=1,2")
+    run.add_argument("--strategy", dest="only_strategies", action="append", metavar="NAME",
+                     help="run only this strategy of the config (repeatable)")
+    run.add_argument("--seed", dest="only_seeds", action="append", type=int, metavar="SEED",
+                     help="run only this seed of the config (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-report", action="store_true", help="do not print the report at the end")
+    run.add_argument("--no-compile-cache", action="store_true",
+                     help="do not use the persistent XLA compilation cache")
+
+    report = sub.add_parser("report", help="tables, the pairwise t-test matrix and plots from run directories")
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="workdirs holding results.csv")
+    report.add_argument("--out", default=None, help="where the PNG plots and report.md go (default: FIRST_DIR/report)")
+    report.add_argument("--ddof", type=int, choices=(0, 1), default=1,
+                        help="std of the paired differences: 1 textbook (default), 0 the original's np.std")
     return parser
 
 
@@ -131,6 +148,26 @@ def run_select(args) -> dict:
     return out
 
 
+def run_experiment_command(args) -> int:
+    from alfamix_jax.config import apply_overrides, load_config
+    from alfamix_jax.runner import check_config, run_experiment
+
+    config = apply_overrides(load_config(args.config), args.overrides)
+    check_config(config)  # before the compile cache and JAX start: bad configs fail in well under a second
+    if not args.no_compile_cache:
+        _enable_compile_cache()
+    start = time.perf_counter()
+    run_experiment(config, args.workdir, strategies=args.only_strategies, seeds=args.only_seeds,
+                   progress=not args.no_progress)
+    print(f"{config.name}: done in {time.perf_counter() - start:.1f} s; results in "
+          f"{os.path.join(args.workdir, 'results.csv')}")
+    if not args.no_report:
+        from alfamix_jax.report import render_report
+
+        print(render_report([args.workdir]))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with code 2 and a usage line on bad options
@@ -143,10 +180,11 @@ def main(argv=None) -> int:
                 f"{int(out['num_filled'])} filled -> {args.output}"
             )
             return 0
-        from alfamix_jax.demo import run_demo
+        if args.command == "run":
+            return run_experiment_command(args)
+        from alfamix_jax.report import render_report
 
-        run_demo(rounds=args.rounds, budget=args.budget, initial=args.initial,
-                 seeds=[int(s) for s in args.seeds.split(",")])
+        print(render_report(args.dirs, out_dir=args.out, ddof=args.ddof))
         return 0
     except ValueError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)

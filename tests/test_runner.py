@@ -1,0 +1,351 @@
+"""The active-learning runner end to end: every model family for 2 rounds,
+pairing across strategies, reruns bit-identical, resume after kill -9 equals
+an uninterrupted run, no recompilation from round 2, bad configs fail fast."""
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alfamix_jax.config import (
+    DataConfig,
+    ExperimentConfig,
+    LoopConfig,
+    ModelConfig,
+    apply_overrides,
+    load_config,
+)
+from alfamix_jax.runner import RESULT_COLUMNS, initial_labelled, run_dir, run_experiment
+from alfamix_jax.training import TrainConfig
+
+TIMING = {"train_seconds", "train_compile_seconds", "query_seconds", "query_compile_seconds"}
+QUIET = dict(progress=False, log=lambda *_: None)
+
+
+def small_config(**changes) -> ExperimentConfig:
+    config = ExperimentConfig(
+        name="small",
+        data=DataConfig(name="digits", max_train=300, max_test=120),
+        model=ModelConfig(name="mlp", embed_dim=32),
+        train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=25),
+        loop=LoopConfig(initial_size=20, budget=10, rounds=2),
+        strategies=("alfamix", "random", "entropy"),
+        seeds=(1, 2),
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def labelled_masks(workdir, config):
+    from alfamix_jax.checkpoint import RunCheckpointer
+
+    masks = {}
+    for strategy in config.strategies:
+        for seed in config.seeds:
+            checkpointer = RunCheckpointer(run_dir(str(workdir), strategy, seed))
+            masks[strategy, seed] = checkpointer.latest().arrays["labelled"]
+            checkpointer.close()
+    return masks
+
+
+def write_image_npz(path, *, shape, num_classes=3, n_train=90, n_test=30, seed=0):
+    """Tiny learnable images: each class lights up its own block of pixels."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, num_classes, n).astype(np.int32)
+        x = rng.normal(0, 0.3, (n, *shape)).astype(np.float32)
+        for c in range(num_classes):
+            x[y == c, 4 * c:4 * c + 4, :8] += 2.0
+        return x, y
+
+    (xt, yt), (xs, ys) = make(n_train), make(n_test)
+    np.savez(path, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- end to end, per model family
+
+
+def test_mlp_two_rounds_on_digits(tmp_path):
+    config = small_config()
+    records = run_experiment(config, str(tmp_path), **QUIET)
+    rows = read_csv(tmp_path / "results.csv")
+    assert list(rows[0]) == list(RESULT_COLUMNS)
+    assert len(rows) == len(records) == 3 * 2 * 3
+    for row in rows:
+        r = int(row["round"])
+        assert int(row["labelled"]) == 20 + 10 * r
+        assert 0.0 <= float(row["test_accuracy"]) <= 1.0
+        assert 1 <= int(row["train_epochs"]) <= 25
+        assert (row["query_seconds"] == "") == (r == 0)
+        has_diagnostics = row["strategy"].startswith("alfamix") and r > 0
+        assert (row["candidates"] != "") == has_diagnostics
+        if has_diagnostics:
+            assert 0 <= int(row["filled"]) <= 10
+    # Same seed: same initial weights and initial set for every strategy, so round 0 is identical.
+    for seed in (1, 2):
+        round0 = {row["test_accuracy"] for row in rows if row["round"] == "0" and row["seed"] == str(seed)}
+        assert len(round0) == 1
+    # Different seeds: different initial sets.
+    masks = labelled_masks(tmp_path, config)
+    assert masks["random", 1].sum() == 40
+    assert not np.array_equal(masks["random", 1], masks["random", 2])
+    # Learning happens: the digits MLP is far above chance (0.1) with 40 labels.
+    assert np.mean([float(r["test_accuracy"]) for r in rows if r["round"] == "2"]) > 0.5
+
+
+@pytest.mark.parametrize("model,shape", [("cnn", (28, 28, 1)), ("resnet18", (32, 32, 3))])
+def test_image_models_two_rounds(tmp_path, model, shape):
+    path = write_image_npz(tmp_path / "images.npz", shape=shape)
+    config = small_config(
+        data=DataConfig(name="npz", path=path),
+        model=ModelConfig(name=model),
+        train=TrainConfig(learning_rate=1e-3, batch_size=16, max_epochs=2),
+        loop=LoopConfig(initial_size=12, budget=6, rounds=2),
+        strategies=("alfamix", "entropy"),
+        seeds=(3,),
+    )
+    run_experiment(config, str(tmp_path / "run"), **QUIET)
+    rows = read_csv(tmp_path / "run" / "results.csv")
+    assert [int(r["labelled"]) for r in rows] == [12, 18, 24] * 2
+    masks = labelled_masks(tmp_path / "run", config)
+    assert all(m.sum() == 24 for m in masks.values())
+
+
+# --------------------------------------------------------------------------- reproducibility and resume
+
+
+def test_rerun_is_bit_identical(tmp_path):
+    config = small_config(strategies=("alfamix", "random"), seeds=(5,))
+    run_experiment(config, str(tmp_path / "a"), **QUIET)
+    run_experiment(config, str(tmp_path / "b"), **QUIET)
+    assert without_timing(read_csv(tmp_path / "a" / "results.csv")) == without_timing(
+        read_csv(tmp_path / "b" / "results.csv"))
+    a, b = labelled_masks(tmp_path / "a", config), labelled_masks(tmp_path / "b", config)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_reruns_alone_and_a_finished_workdir_is_left_alone(tmp_path):
+    config = small_config(strategies=("alfamix", "random"), seeds=(1, 2))
+    full = run_experiment(config, str(tmp_path / "all"), **QUIET)
+    alone = run_experiment(config, str(tmp_path / "one"), strategies=["alfamix"], seeds=[2], **QUIET)
+    pick = [r for r in full if r["strategy"] == "alfamix" and r["seed"] == 2]
+    assert without_timing(alone) == without_timing(pick)
+    before = (tmp_path / "all" / "results.csv").read_text()
+    again = run_experiment(config, str(tmp_path / "all"), **QUIET)
+    assert (tmp_path / "all" / "results.csv").read_text() == before
+    assert len(again) == len(full)
+
+
+def test_warm_start_resumes_identically(tmp_path):
+    config = small_config(strategies=("alfamix",), seeds=(1,),
+                          train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=10, warm_start=True))
+    whole = run_experiment(config, str(tmp_path / "whole"), **QUIET)
+    # Emulate a stop after round 1 by deleting the last round's checkpoint.
+    run_experiment(config, str(tmp_path / "resumed"), **QUIET)
+    ckpt = run_dir(str(tmp_path / "resumed"), "alfamix", 1)
+    last = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
+    import shutil
+
+    shutil.rmtree(os.path.join(ckpt, str(last)))
+    resumed = run_experiment(config, str(tmp_path / "resumed"), **QUIET)
+    assert without_timing(resumed) == without_timing(whole)
+
+
+CLI_CONFIG = """
+from alfamix_jax.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+from alfamix_jax.training import TrainConfig
+
+def get_config():
+    return ExperimentConfig(
+        name="killable",
+        data=DataConfig(name="digits", max_train=400, max_test=100),
+        model=ModelConfig(name="mlp", embed_dim=32),
+        train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=40),
+        loop=LoopConfig(initial_size=20, budget=10, rounds=4),
+        strategies=("alfamix", "random"),
+        seeds=(1, 2),
+    )
+"""
+
+
+def _cli(config_path, workdir, **kwargs):
+    cmd = [sys.executable, "-m", "alfamix_jax.cli", "run", "--config", str(config_path), "--workdir", str(workdir),
+           "--no-progress", "--no-report", "--no-compile-cache"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kwargs)
+
+
+def _rows_written(workdir):
+    path = os.path.join(workdir, "results.csv")
+    try:
+        return len(read_csv(path))
+    except FileNotFoundError:
+        return 0
+
+
+def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
+    config_path = tmp_path / "killable.py"
+    config_path.write_text(CLI_CONFIG)
+    whole = _cli(config_path, tmp_path / "whole")
+    out, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err.decode()[-2000:]
+
+    workdir = tmp_path / "killed"
+    for kill_after_rows in (3, 9, 14):  # inside the first run, at a run boundary, in the last runs
+        proc = _cli(config_path, workdir)
+        deadline = time.time() + 240
+        while _rows_written(workdir) < kill_after_rows and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finish = _cli(config_path, workdir)
+    _, err = finish.communicate(timeout=300)
+    assert finish.returncode == 0, err.decode()[-2000:]
+
+    expected = without_timing(read_csv(tmp_path / "whole" / "results.csv"))
+    got = without_timing(read_csv(workdir / "results.csv"))
+    assert got == expected  # nothing lost, nothing duplicated, same numbers
+    config = load_config(str(config_path))
+    a, b = labelled_masks(tmp_path / "whole", config), labelled_masks(workdir, config)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+def test_no_recompilation_from_round_two(tmp_path):
+    """Every program is compiled at most once: a program compiled in round >= 2
+    must be new (ALFA-Mix's k-means stage compiles the first round it is needed)."""
+    compiled_in_round = {}
+    current = {"round": 0, "names": []}
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            current["names"].append(kwargs.get("fun_name", "?"))
+
+    def on_round(record):
+        compiled_in_round.setdefault(record["round"], []).extend(current["names"])
+        current["names"] = []
+
+    config = small_config(loop=LoopConfig(initial_size=20, budget=10, rounds=4), seeds=(1, 2))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run_experiment(config, str(tmp_path), on_round=on_round, **QUIET)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    seen = set()
+    for r in sorted(compiled_in_round):
+        names = compiled_in_round[r]
+        if r >= 2:
+            again = [n for n in names if n in seen]
+            assert not again, f"round {r} recompiled {again}"
+        seen.update(names)
+    later = [n for r, names in compiled_in_round.items() if r >= 2 for n in names]
+    assert len(later) <= 2, later  # at most ALFA-Mix's finish stages, the first time one is needed
+
+
+# --------------------------------------------------------------------------- initial set
+
+
+def test_initial_set_per_class_and_random():
+    y = np.repeat(np.arange(5), 30)
+    key = jax.random.key(0)
+    per_class = initial_labelled(key, y, size=10, mode="per_class", num_classes=5)
+    assert np.array_equal(np.bincount(y[per_class], minlength=5), [2] * 5)
+    rand = initial_labelled(key, y, size=17, mode="random", num_classes=5)
+    assert rand.sum() == 17
+    assert np.array_equal(rand, initial_labelled(key, y, size=17, mode="random", num_classes=5))
+
+
+# --------------------------------------------------------------------------- configs and bad input
+
+
+def _run_cli(*args, timeout=120):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "alfamix_jax.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.name=imagenet"], "imagenet"),
+    (["data.name=cifar10"], "data_dir"),
+    (["loop.budget=5000"], "loop.budget"),
+    (["strategies=alfamix,coreset9"], "coreset9"),
+    (["model.name=vit"], "model.name"),
+    (["train.nonsense=1"], "nonsense"),
+    (["loop.rounds=x"], "loop.rounds"),
+])
+def test_bad_configs_fail_fast_with_a_clear_message(tmp_path, overrides, message):
+    sets = [a for o in overrides for a in ("--set", o)]
+    start = time.time()
+    result = _run_cli("run", "--config", "demo", "--workdir", str(tmp_path / "w"), "--no-progress", *sets)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.time() - start < 60
+    assert not (tmp_path / "w" / "runs").exists()  # nothing was run
+
+
+def test_workdir_refuses_a_different_config(tmp_path):
+    config = small_config(strategies=("random",), seeds=(1,), loop=LoopConfig(initial_size=20, budget=10, rounds=1))
+    run_experiment(config, str(tmp_path), **QUIET)
+    other = apply_overrides(config, ["train.learning_rate=0.5"])
+    with pytest.raises(ValueError, match="different config"):
+        run_experiment(other, str(tmp_path), **QUIET)
+    # Adding a seed is fine: runs are independent.
+    more = apply_overrides(config, ["seeds=1,7"])
+    assert len(run_experiment(more, str(tmp_path), **QUIET)) == 4
+
+
+def test_overrides_parse_types():
+    config = apply_overrides(load_config("demo"), [
+        "train.learning_rate=0.5", "seeds=3,4", "data.max_train=None", "train.warm_start=true", "loop.rounds=2",
+    ])
+    assert config.train.learning_rate == 0.5 and config.seeds == (3, 4) and config.train.warm_start
+    assert config.data.max_train is None and config.loop.rounds == 2
+
+
+def test_shipped_configs_load_and_state_their_command():
+    from alfamix_jax.config import shipped_configs
+
+    names = shipped_configs()
+    assert {"demo", "fashion_mnist_mlp", "mnist_mlp", "cifar10_resnet18"} <= set(names)
+    for name in names:
+        config = load_config(name)
+        module = sys.modules[f"alfamix_jax.configs.{name}"]
+        assert f"--config {name}" in module.__doc__
+        assert config.strategies and config.seeds
+    fm = load_config("fashion_mnist_mlp")
+    assert (fm.loop.initial_size, fm.loop.budget, fm.loop.rounds) == (100, 100, 10)
+    assert (fm.train.learning_rate, fm.train.batch_size, fm.train.max_epochs) == (1e-3, 64, 1000)
+    assert fm.train.stop_accuracy == 0.99 and not fm.train.warm_start and fm.model.embed_dim == 256
+    assert fm.seeds == (1, 10, 100, 1000, 10000)
+    assert set(fm.strategies) == {"alfamix", "alfamix_learned", "random", "entropy"}
+
+
+def test_report_command_reads_a_workdir(tmp_path):
+    config = small_config(strategies=("random", "entropy"), seeds=(1, 2))
+    run_experiment(config, str(tmp_path), **QUIET)
+    result = _run_cli("report", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "random" in result.stdout and "entropy" in result.stdout
+    assert any(f.endswith(".png") for f in os.listdir(tmp_path / "report"))
+    missing = _run_cli("report", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no such directory" in missing.stderr
+
