@@ -82,11 +82,13 @@ def write_image_npz(path, *, shape, num_classes=3, n_train=90, n_test=30, seed=0
 
 
 def test_mlp_two_rounds_on_digits(tmp_path):
-    config = small_config()
-    records = run_experiment(config, str(tmp_path), **QUIET)
+    config = small_config(strategies=("alfamix", "alfamix_learned", "alfamix_random", "random", "entropy"))
+    logged = []
+    records = run_experiment(config, str(tmp_path), progress=False, log=logged.append)
+    assert any("re-initialised to the same weights each round" in line and "batch 32" in line for line in logged)
     rows = read_csv(tmp_path / "results.csv")
     assert list(rows[0]) == list(RESULT_COLUMNS)
-    assert len(rows) == len(records) == 3 * 2 * 3
+    assert len(rows) == len(records) == 5 * 2 * 3
     for row in rows:
         r = int(row["round"])
         assert int(row["labelled"]) == 20 + 10 * r

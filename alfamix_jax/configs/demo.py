@@ -1,5 +1,5 @@
 """The README's main job: ALFA-Mix against random and entropy on the embedded
-digits (1797 8x8 images that ship inside scikit-learn), 3 seeds, 6 rounds.
+digits (1797 8x8 images that ship inside scikit-learn), 3 seeds, 10 rounds.
 
     alfamix-jax run --config demo --workdir runs/demo      (what `make demo` runs)
 
@@ -16,7 +16,7 @@ def get_config() -> ExperimentConfig:
         data=DataConfig(name="digits"),
         model=ModelConfig(name="mlp", embed_dim=256),
         train=TrainConfig(optimizer="adam", learning_rate=1e-3, batch_size=64, max_epochs=200, stop_accuracy=0.99),
-        loop=LoopConfig(initial_size=20, initial_mode="random", budget=20, rounds=6),
+        loop=LoopConfig(initial_size=20, initial_mode="random", budget=20, rounds=10),
         strategies=("alfamix", "random", "entropy"),
         seeds=(1, 10, 100),
     )

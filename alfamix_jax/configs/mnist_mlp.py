@@ -2,7 +2,8 @@
 
     # once, to prepare MNIST in TFDS array_record form (needs network and the `prepare` extra):
     #   pip install -e ".[prepare]"
-    #   python -c "import tensorflow_datasets as tfds; tfds.builder('mnist', data_dir='DATA').download_and_prepare(file_format='array_record')"
+    #   python -c "import tensorflow_datasets as tfds; \
+    #     tfds.builder('mnist', data_dir='DATA').download_and_prepare(file_format='array_record')"
     alfamix-jax run --config mnist_mlp --workdir runs/mnist_mlp --set data.data_dir=DATA
 
 Original: `python main.py --data_name MNIST --n_init_lb 100 --n_query 100
