@@ -19,3 +19,20 @@ def compute_anchors(embeddings, labels, num_classes: int):
     overall = sums.sum(axis=0) / jnp.maximum(counts.sum(), 1.0)  # [D]
     class_means = sums / jnp.maximum(counts, 1.0)[:, None]
     return jnp.where(counts[:, None] > 0, class_means, overall[None, :])
+
+
+def labelled_anchors(key, embeddings, labels, max_anchors: int):
+    """Every labelled row as an anchor (the paper's "all labelled" ablation), in
+    a static buffer of `max_anchors` rows. Unused slots repeat a labelled row:
+    a candidate is a flip for *some* anchor, so duplicates change nothing. With
+    more labelled rows than slots, a uniform random subset (by `key`).
+
+    embeddings: [N, D]; labels: [N] int, -1 = unlabelled. -> ([min(max_anchors, N), D], rows used).
+    """
+    max_anchors = min(max_anchors, labels.shape[0])
+    labelled = labels >= 0
+    count = jnp.sum(labelled, dtype=jnp.int32)
+    priority = jnp.where(labelled, jax.random.uniform(key, labels.shape), -1.0)
+    idx = jax.lax.top_k(priority, max_anchors)[1]  # [max_anchors]; labelled rows first
+    idx = jnp.where(jnp.arange(max_anchors) < count, idx, idx[0])  # pad with a labelled row
+    return embeddings[idx], jnp.minimum(count, max_anchors)

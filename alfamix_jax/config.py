@@ -16,7 +16,7 @@ import os
 import types
 import typing
 
-from alfamix_jax.strategies import AlfaMixSettings
+from alfamix_jax.strategies import AlfaMixSettings, BaselineSettings
 from alfamix_jax.training import TrainConfig
 
 INITIAL_MODES = ("random", "per_class")
@@ -63,6 +63,7 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     loop: LoopConfig = LoopConfig()
     alfamix: AlfaMixSettings = AlfaMixSettings()
+    baselines: BaselineSettings = BaselineSettings()
     strategies: tuple[str, ...] = ("alfamix", "random", "entropy")
     seeds: tuple[int, ...] = (1, 10, 100, 1000, 10000)
 

@@ -82,6 +82,17 @@ def check_config(config: ExperimentConfig) -> None:
         raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {train.optimizer!r}")
     if config.alfamix.compat not in ("default", "reference"):
         raise ValueError(f"alfamix.compat must be 'default' or 'reference', got {config.alfamix.compat!r}")
+    from alfamix_jax.select import ANCHOR_MODES, DIVERSITY_MODES
+
+    if config.alfamix.diversity not in DIVERSITY_MODES:
+        raise ValueError(f"alfamix.diversity must be one of {DIVERSITY_MODES}, got {config.alfamix.diversity!r}")
+    if config.alfamix.anchors not in ANCHOR_MODES:
+        raise ValueError(f"alfamix.anchors must be one of {ANCHOR_MODES}, got {config.alfamix.anchors!r}")
+    if config.baselines.compat not in ("default", "reference"):
+        raise ValueError(f"baselines.compat must be 'default' or 'reference', got {config.baselines.compat!r}")
+    if "bald" in config.strategies and config.model.dropout <= 0:
+        raise ValueError("strategy 'bald' needs MC dropout: set model.dropout > 0 (e.g. --set model.dropout=0.3); "
+                         "with dropout 0 every pass is the same and BALD's score is 0 everywhere")
     if not config.alfamix.alpha_cap_step > 0:
         raise ValueError(f"alfamix.alpha_cap_step must be > 0, got {config.alfamix.alpha_cap_step}")
 
@@ -184,7 +195,8 @@ class Workbench:
     def strategy(self, name: str, budget: int):
         if (name, budget) not in self.strategies:
             self.strategies[name, budget] = make_strategy(
-                name, budget=budget, num_classes=self.num_classes, alfamix=self.config.alfamix
+                name, budget=budget, num_classes=self.num_classes, alfamix=self.config.alfamix,
+                baselines=self.config.baselines,
             )
         return self.strategies[name, budget]
 
@@ -319,7 +331,11 @@ def _run_rounds(bench, checkpointer, strategy_name, seed, on_round):
 def _query(trainer, strategy, state, bench, labelled, key):
     embeddings, logits = trainer.embed_and_logits(state, bench.x_train)
     labels = jnp.where(labelled, jnp.asarray(bench.y_train), -1)
-    return strategy.query(key, PoolView(embeddings, logits, labels, trainer.head_params(state)))
+    mc_logits = None
+    if "mc_logits" in strategy.needs:  # dropout masks from their own key; the query keeps `key`
+        mc_logits = trainer.mc_logits(state, bench.x_train, jax.random.fold_in(key, 0x3C), passes=strategy.mc_passes)
+    view = PoolView(embeddings, logits, labels, trainer.head_params(state), mc_logits=mc_logits)
+    return strategy.query(key, view)
 
 
 def _identity(strategy: str, seed: int) -> dict:

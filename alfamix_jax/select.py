@@ -19,13 +19,15 @@ import numpy as np
 
 from alfamix_jax import candidates as search
 from alfamix_jax import mixing
-from alfamix_jax.anchors import compute_anchors
+from alfamix_jax.anchors import compute_anchors, labelled_anchors
 from alfamix_jax.caps import make_caps
 from alfamix_jax.fill import fill_default, fill_reference
 from alfamix_jax.heads import HeadApply, linear_head_apply, pseudo_labels
 from alfamix_jax.kmeans import kmeans
 
 ALPHA_PATHS = ("closed-form", "random", "learned")
+DIVERSITY_MODES = ("kmeans", "random", "top-alpha")  # the paper's diversification ablation
+ANCHOR_MODES = ("class-means", "labelled")  # the paper's anchor ablation
 COMPAT_MODES = ("default", "reference")
 DEFAULT_LEARNED = mixing.LearnedAlphaConfig()
 
@@ -90,6 +92,9 @@ def make_alfamix_selector(
     linear_fast_path: bool = True,
     fused: bool = False,
     jit: bool = True,
+    diversity: str = "kmeans",
+    anchors: str = "class-means",
+    max_anchors: int = 2048,
 ):
     """Build `select(key, embeddings [N, D], labels [N], head_params) -> Selection`.
 
@@ -108,6 +113,11 @@ def make_alfamix_selector(
       them, so the k-means program is compiled only when a round needs it
       (its compile is most of a cold first call). Both give the same result.
     jit: False runs everything eagerly (for debugging and jit-vs-eager tests).
+    diversity (ablation): how `budget` rows are chosen among more candidates:
+      "kmeans" (the paper), "random" (uniform among candidates), or
+      "top-alpha" (the candidates that flip with the smallest mix, rho).
+    anchors (ablation): "class-means" (the paper) or "labelled" (every
+      labelled row is an anchor; at most `max_anchors`, a random subset beyond).
 
     Diagnostics: caps [S], caps_tried, flips_per_cap [S], union_per_cap [S]
     (candidates after each cap), flips_per_anchor [S, K], num_candidates,
@@ -120,6 +130,12 @@ def make_alfamix_selector(
         raise ValueError(f"alpha must be one of {ALPHA_PATHS}, got {alpha!r}")
     if compat not in COMPAT_MODES:
         raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
+    if diversity not in DIVERSITY_MODES:
+        raise ValueError(f"diversity must be one of {DIVERSITY_MODES}, got {diversity!r}")
+    if anchors not in ANCHOR_MODES:
+        raise ValueError(f"anchors must be one of {ANCHOR_MODES}, got {anchors!r}")
+    if not isinstance(max_anchors, (int, np.integer)) or max_anchors < 1:
+        raise ValueError(f"max_anchors must be an integer >= 1, got {max_anchors!r}")
     for name, value in (("budget", budget), ("num_classes", num_classes), ("block_size", block_size),
                         ("max_candidates", max_candidates), ("learned.iters", learned.iters)):
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -132,6 +148,7 @@ def make_alfamix_selector(
     use_fast_path = linear_fast_path and head_apply is None and alpha == "closed-form" and not reference
     head_apply = head_apply or linear_head_apply
     kmeans_kwargs = dict(max_iters=kmeans_max_iters, tol=kmeans_tol, block_size=block_size)
+    anchor_mode = anchors
 
     def flips_fn(block, anchor, eps, cap, key, *, head_params):
         if alpha == "closed-form":
@@ -144,7 +161,10 @@ def make_alfamix_selector(
         search_key = jax.random.split(key, 3)[0]
         dim = embeddings.shape[-1]
         eligible = labels < 0
-        anchors = compute_anchors(embeddings, labels, num_classes)
+        if anchor_mode == "class-means":
+            anchors = compute_anchors(embeddings, labels, num_classes)
+        else:
+            anchors, _ = labelled_anchors(jax.random.fold_in(key, 0xA7), embeddings, labels, max_anchors)
         cap_values = jnp.asarray(caps, embeddings.dtype)
         # The closed form scales the cap by 1/sqrt(D); random and learned alpha do not.
         eps = cap_values / np.sqrt(dim) if alpha == "closed-form" else cap_values
@@ -161,24 +181,35 @@ def make_alfamix_selector(
             emulate_torch_nan=reference and alpha == "closed-form",
         )
 
+    diversity_mode = diversity
+
+    def diversify(key, embeddings, found: search.SearchResult):
+        """`budget` rows among more candidates than that, by the diversity mode."""
+        cands = found.candidates
+        if diversity_mode == "kmeans":
+            return cluster_candidates(
+                key, embeddings, cands, budget, max_candidates=max_candidates, kmeans_kwargs=kmeans_kwargs
+            )
+        if diversity_mode == "random":
+            score = jax.random.uniform(key, cands.shape)
+        else:  # "top-alpha": the smallest mix that flips the row first
+            score = -found.min_rho
+        picks = jax.lax.top_k(jnp.where(cands, score, -jnp.inf), budget)[1].astype(jnp.int32)
+        return picks, jnp.int32(0), jnp.float32(0.0), jnp.sum(cands, dtype=jnp.int32)
+
     def finish_stage(key, embeddings, labels, found: search.SearchResult, *, diversity: str) -> Selection:
         _, diversity_key, fill_key = jax.random.split(key, 3)
         eligible = labels < 0
         cands = found.candidates
         if diversity == "all":
             picks, iters, inertia, clustered = take_all_candidates(cands, budget)
-        elif diversity == "kmeans":
-            picks, iters, inertia, clustered = cluster_candidates(
-                diversity_key, embeddings, cands, budget, max_candidates=max_candidates, kmeans_kwargs=kmeans_kwargs
-            )
+        elif diversity == "diversify":
+            picks, iters, inertia, clustered = diversify(diversity_key, embeddings, found)
         else:  # "auto", inside one program
             picks, iters, inertia, clustered = jax.lax.cond(
                 jnp.sum(cands) <= budget,
                 lambda: take_all_candidates(cands, budget),
-                lambda: cluster_candidates(
-                    diversity_key, embeddings, cands, budget, max_candidates=max_candidates,
-                    kmeans_kwargs=kmeans_kwargs,
-                ),
+                lambda: diversify(diversity_key, embeddings, found),
             )
         if reference:
             selected, filled = fill_reference(fill_key, picks, eligible)
@@ -216,14 +247,14 @@ def make_alfamix_selector(
 
     wrap = jax.jit if jit else (lambda f, **_: f)
     search_fn = wrap(search_stage)
-    finish_fns = {d: wrap(functools.partial(finish_stage, diversity=d)) for d in ("all", "kmeans")}
+    finish_fns = {d: wrap(functools.partial(finish_stage, diversity=d)) for d in ("all", "diversify")}
 
     def select(key, embeddings, labels, head_params) -> Selection:
         """Search, read the candidate count, then finish with every candidate
         or with k-means: the k-means program compiles only when needed."""
         found = search_fn(key, embeddings, labels, head_params)
-        diversity = "all" if int(jnp.sum(found.candidates)) <= budget else "kmeans"
-        return finish_fns[diversity](key, embeddings, labels, found)
+        stage = "all" if int(jnp.sum(found.candidates)) <= budget else "diversify"
+        return finish_fns[stage](key, embeddings, labels, found)
 
     # The jitted stages, for `.lower(...).compile().memory_analysis()` and the like.
     select.stages = dict(search=search_fn, **{f"finish_{d}": f for d, f in finish_fns.items()})

@@ -26,6 +26,8 @@ class PoolView(NamedTuple):
     logits: jax.Array  # [N, C] the model's logits (eval mode)
     labels: jax.Array  # [N] int32 class of labelled rows, -1 for unlabelled
     head_params: Any  # the classifier head's parameters (a LinearHead for our models)
+    # Filled only for strategies whose `needs` name them (they cost extra passes over the pool):
+    mc_logits: jax.Array | None = None  # [T, N, C] logits of T stochastic (MC-dropout) passes
 
 
 class Query(NamedTuple):
@@ -45,12 +47,47 @@ class AlfaMixSettings:
     learned_learning_rate: float = 0.1
     learned_iters: int = 5
     learned_l2_coef: float = 0.01
+    diversity: str = "kmeans"  # ablation: "kmeans" | "random" | "top-alpha" among candidates
+    anchors: str = "class-means"  # ablation: "class-means" | "labelled" (every labelled row)
+    max_anchors: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSettings:
+    """Settings of the baselines (defaults: the original repository or the method's paper;
+    each module's docstring says which)."""
+
+    block_size: int = 4096  # rows per block where a baseline tiles the pool
+    bald_passes: int = 5  # MC-dropout passes (the original's n_drop); needs model.dropout > 0
+    dropquery_passes: int = 3
+    dropquery_dropout: float = 0.75
+    gcnal_subset_size: int = 10000  # unlabelled rows the GCN sees (the original's SUBSET)
+    gcnal_train_steps: int = 200
+    deepfool_max_iter: int = 50
+    badge_include_bias: bool = False
+    compat: str = "default"  # "reference" reproduces the original's CDAL / DeepFool quirks
+
+    def for_strategy(self, name: str) -> dict:
+        """The factory keywords of strategy `name`."""
+        per_name = {
+            "bald": dict(passes=self.bald_passes),
+            "dropquery": dict(passes=self.dropquery_passes, dropout_rate=self.dropquery_dropout),
+            "gcnal": dict(subset_size=self.gcnal_subset_size, train_steps=self.gcnal_train_steps),
+            "gcnal_uncertain": dict(subset_size=self.gcnal_subset_size, train_steps=self.gcnal_train_steps),
+            "adversarial_deepfool": dict(max_iter=self.deepfool_max_iter, compat=self.compat),
+            "cdal": dict(compat=self.compat),
+            "badge": dict(include_bias=self.badge_include_bias),
+        }
+        return dict(block_size=self.block_size, **per_name.get(name, {}))
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     name: str
     query: Callable[[jax.Array, PoolView], Query]
+    # Optional PoolView fields this strategy reads, e.g. {"mc_logits"}; the runner computes only these.
+    needs: frozenset = frozenset()
+    mc_passes: int = 0  # with "mc_logits": how many stochastic passes
 
 
 def _top_unlabelled(score, labels, budget: int):
@@ -87,14 +124,16 @@ def make_entropy(*, budget: int, **_) -> Strategy:
     return Strategy("entropy", query)
 
 
-def _make_alfamix(alpha: str):
+def _make_alfamix(alpha: str, **ablation):
     def factory(*, budget: int, num_classes: int, alfamix: AlfaMixSettings = AlfaMixSettings(), **_) -> Strategy:
+        alfamix = dataclasses.replace(alfamix, **ablation)
         learned = LearnedAlphaConfig(learning_rate=alfamix.learned_learning_rate, iters=alfamix.learned_iters,
                                      l2_coef=alfamix.learned_l2_coef)
         select = make_alfamix_selector(
             budget=budget, num_classes=num_classes, alpha=alpha, compat=alfamix.compat,
             alpha_cap_step=alfamix.alpha_cap_step, learned=learned, block_size=alfamix.block_size,
             max_candidates=max(alfamix.max_candidates, budget), kmeans_max_iters=alfamix.kmeans_max_iters,
+            diversity=alfamix.diversity, anchors=alfamix.anchors, max_anchors=alfamix.max_anchors,
         )
 
         def query(key, view: PoolView) -> Query:
@@ -114,11 +153,28 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "alfamix": _make_alfamix("closed-form"),
     "alfamix_learned": _make_alfamix("learned"),
     "alfamix_random": _make_alfamix("random"),
+    # The paper's ablations (closed form): diversification and anchors.
+    "alfamix_random_pick": _make_alfamix("closed-form", diversity="random"),
+    "alfamix_top_alpha": _make_alfamix("closed-form", diversity="top-alpha"),
+    "alfamix_labelled_anchors": _make_alfamix("closed-form", anchors="labelled"),
 }
 
 
-def make_strategy(name: str, *, budget: int, num_classes: int, alfamix: AlfaMixSettings = AlfaMixSettings()):
+def make_strategy(name: str, *, budget: int, num_classes: int, alfamix: AlfaMixSettings = AlfaMixSettings(),
+                  baselines: BaselineSettings = BaselineSettings()):
     """Build the strategy called `name` (a key of STRATEGIES) for this budget."""
     if name not in STRATEGIES:
         raise ValueError(f"strategy {name!r} is unknown; choose from {sorted(STRATEGIES)}")
-    return STRATEGIES[name](budget=budget, num_classes=num_classes, alfamix=alfamix)
+    settings = {} if name.startswith("alfamix") else baselines.for_strategy(name)
+    return STRATEGIES[name](budget=budget, num_classes=num_classes, alfamix=alfamix, **settings)
+
+
+def _register_baselines() -> None:
+    """The paper's baselines live in `alfamix_jax.baselines`, one module per family."""
+    import importlib
+
+    for module in ("uncertainty", "coreset", "badge", "gcnal", "dropquery", "cdal", "deepfool"):
+        STRATEGIES.update(importlib.import_module(f"alfamix_jax.baselines.{module}").STRATEGIES)
+
+
+_register_baselines()

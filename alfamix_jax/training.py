@@ -22,6 +22,7 @@ from the key given to `train` (epoch, batch): a fit is a pure function of its in
 """
 import dataclasses
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -146,6 +147,10 @@ class Trainer:
                 "build Dropout without rngs, the trainer passes dropout keys explicitly"
             )
         self._graphdef_eval = nnx.split(views[False], nnx.Param, nnx.BatchStat)[0]
+        # MC dropout (see mc_logits): dropout on, BatchNorm on its running averages.
+        mc_view = nnx.view(model, deterministic=False, use_running_average=True, raise_if_not_found=False)
+        self._graphdef_mc = nnx.split(mc_view, nnx.Param, nnx.BatchStat)[0]
+        self._mc_path = _mc_path(model)
         self.loop = resolve_loop(cfg.loop, model)
         self._fit = jax.jit(self._fit_impl)
         self._pack = jax.jit(self._pack_impl)
@@ -154,6 +159,9 @@ class Trainer:
         self._eval = jax.jit(self._eval_impl, static_argnames="outputs")
         self._eval_block = jax.jit(self._eval_block_impl)
         self._correct = jax.jit(self._correct_impl)
+        self._mc = jax.jit(self._mc_impl, static_argnames="passes")
+        self._mc_block = jax.jit(self._mc_block_impl)
+        self._mc_head = jax.jit(self._mc_head_impl, static_argnames="passes")
 
     # ---- state ------------------------------------------------------------------------------
     def init_state(self, model: nnx.Module | None = None) -> TrainState:
@@ -371,6 +379,125 @@ class Trainer:
         else:
             correct = self._correct(state.params, state.batch_stats, x, jnp.asarray(y, jnp.int32))
         return int(jax.device_get(correct)) / x.shape[0]
+
+    # ---- MC dropout -------------------------------------------------------------------------
+    def mc_logits(self, state: TrainState, x, key, *, passes: int):
+        """x: [M, ...] -> logits of `passes` stochastic forward passes [T, M, C] (MC dropout,
+        Gal & Ghahramani 2016), for BALD and other Bayesian strategies.
+
+        Dropout is on (a fresh mask per pass), BatchNorm uses its running averages (eval mode),
+        and no state is updated: pass t is the deterministic eval network with only dropout
+        sampled. The original calls `clf.train()` for these passes, which also switches
+        BatchNorm to the batch's own statistics (and, under no_grad, still updates the running
+        averages in place); we keep BatchNorm in eval mode so a row's prediction does not depend
+        on which rows share its batch and the trained model is left untouched. The two agree for
+        models without BatchNorm (MLP, CNN).
+
+        With the model's `dropout` rate 0 (the default, as in the original's MLPNet) every pass
+        equals the eval logits, so BALD's mutual information is 0 everywhere: build the model
+        with dropout > 0 (e.g. 0.5, the original Net1-Net4's F.dropout) for MC strategies.
+
+        Blocked like the eval functions (eval_batch_size rows; the last block shifted back to end
+        at row M) and honouring `loop` the same way. The mask of pass t on block b is drawn from
+        fold_in(fold_in(key, t), b): same key (and eval_batch_size), same passes, on either loop.
+        For our models, whose only Dropout acts on the embedding as the last step of `embed`,
+        the network body runs once (it is deterministic) and only dropout + the linear head run
+        per pass: T times cheaper, same masks, same result up to float rounding. Other models
+        run the whole network per pass.
+        """
+        if isinstance(passes, bool) or not isinstance(passes, numbers.Integral) or passes < 1:
+            raise ValueError(f"passes: got {passes!r}; expected an int >= 1")
+        passes = int(passes)
+        x = self._check_eval_input(x)
+        if self._mc_path == "deterministic":  # no dropout anywhere: every pass is the eval pass
+            logits = self._run_eval(state, x, "logits")
+            return jnp.broadcast_to(logits[None], (passes, *logits.shape))
+        if self._mc_path == "embedding":
+            z = self._run_eval(state, x, "embed")  # [M, D], the body in eval mode, once
+            return self._mc_head(state.params, state.batch_stats, z, key, passes=passes)
+        if self.loop == "host":
+            return self._mc_on_host(state.params, state.batch_stats, x, key, passes)
+        return self._mc(state.params, state.batch_stats, x, key, passes=passes)
+
+    def _mc_blocks(self, m: int):
+        block = min(self.cfg.eval_batch_size, m)
+        return block, -(-m // block)
+
+    def _mc_block_impl(self, params, batch_stats, xb, key, t, b):
+        """One stochastic pass of the whole network on one block: [block, ...] -> [block, C]."""
+        model = nnx.merge(self._graphdef_mc, params, batch_stats)
+        return model(xb, rngs=_mc_key(key, t, b))
+
+    def _mc_impl(self, params, batch_stats, x, key, passes: int):
+        """All passes over all blocks as one program (lax.map over (pass, block) pairs)."""
+        m = x.shape[0]
+        block, n_blocks = self._mc_blocks(m)
+
+        def run(i):
+            t, b = i // n_blocks, i % n_blocks
+            xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(b * block, m - block), block, axis=0)
+            return self._mc_block_impl(params, batch_stats, xb, key, t, b)
+
+        out = jax.lax.map(run, jnp.arange(passes * n_blocks))  # [T * n_blocks, block, C]
+        out = out.reshape(passes, n_blocks, block, out.shape[-1])
+        return jax.vmap(lambda a: _unblock(a, m))(out)  # [T, M, C]
+
+    def _mc_on_host(self, params, batch_stats, x, key, passes: int):
+        """`_mc_impl` with the loops over passes and blocks in Python (see TrainConfig.loop)."""
+        m = x.shape[0]
+        block, n_blocks = self._mc_blocks(m)
+        starts = [min(b * block, m - block) for b in range(n_blocks)]
+        passes_out = []
+        for t in range(passes):
+            parts = [
+                self._mc_block(params, batch_stats, jax.lax.dynamic_slice_in_dim(x, s, block), key,
+                               jnp.int32(t), jnp.int32(b))
+                for b, s in enumerate(starts)
+            ]
+            passes_out.append(_unblock(jnp.stack(parts), m))
+        return jnp.stack(passes_out)  # [T, M, C]
+
+    def _mc_head_impl(self, params, batch_stats, z, key, passes: int):
+        """Dropout + head on eval embeddings z [M, D], in the same blocks and with the same keys
+        as `_mc_impl`, so the masks are those the whole network would draw."""
+        m = z.shape[0]
+        block, n_blocks = self._mc_blocks(m)
+
+        def run(i):
+            t, b = i // n_blocks, i % n_blocks
+            model = nnx.merge(self._graphdef_mc, params, batch_stats)
+            zb = jax.lax.dynamic_slice_in_dim(z, jnp.minimum(b * block, m - block), block, axis=0)
+            return model.head(model._finish_embedding(zb, _mc_key(key, t, b)))
+
+        out = jax.lax.map(run, jnp.arange(passes * n_blocks))  # [T * n_blocks, block, C]
+        out = out.reshape(passes, n_blocks, block, out.shape[-1])
+        return jax.vmap(lambda a: _unblock(a, m))(out)  # [T, M, C]
+
+
+def _mc_key(key, t, b):
+    """The dropout key of MC pass t on eval block b."""
+    return jax.random.fold_in(jax.random.fold_in(key, t), b)
+
+
+def _unblock(a, m: int):
+    """[n_blocks, block, ...] whose last block was shifted back to end at row m -> [m, ...]."""
+    n_blocks, block = a.shape[:2]
+    tail = m - (n_blocks - 1) * block
+    return jnp.concatenate([a[:-1].reshape(-1, *a.shape[2:]), a[-1, block - tail:]], axis=0)
+
+
+def _mc_path(model: nnx.Module) -> str:
+    """How `Trainer.mc_logits` runs this model: "deterministic" (no active Dropout: every pass
+    is the eval pass), "embedding" (its only Dropout is `model.dropout`, which our models'
+    `_finish_embedding` applies as the last step of `embed`: run the body once), or "network"
+    (dropout elsewhere: run the whole network per pass)."""
+    dropouts = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Dropout) and m.rate > 0]
+    if not dropouts:
+        return "deterministic"
+    own = getattr(model, "dropout", None)
+    if callable(getattr(model, "_finish_embedding", None)) and all(d is own for d in dropouts):
+        return "embedding"
+    return "network"
 
 
 def resolve_loop(loop: str, model: nnx.Module) -> str:

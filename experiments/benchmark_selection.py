@@ -207,7 +207,7 @@ def device_memory(jax, select, emb, labels, head, diag, args):
         compiled, compile_s = _timed(lowered.compile)
         return analyse(compiled), dict(lower=lower_s, compile=compile_s), {}
     stages = select.stages
-    finish_name = "finish_kmeans" if diag["num_candidates"] > args.budget else "finish_all"
+    finish_name = "finish_diversify" if diag["num_candidates"] > args.budget else "finish_all"
     finish = stages[finish_name]
     found = jax.block_until_ready(stages["search"](key, emb, labels, head))
     # A new selector, so that nothing comes from JAX's in-memory caches:

@@ -351,3 +351,40 @@ def test_report_command_reads_a_workdir(tmp_path):
     missing = _run_cli("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no such directory" in missing.stderr
 
+
+
+def test_fashion_mnist_idx_through_the_runner(tmp_path, monkeypatch):
+    """The IDX -> TFDS builder -> array_record path inside a whole run (tiny IDX files the test writes)."""
+    from test_data import write_fashion_idx
+
+    monkeypatch.setenv("ALFAMIX_JAX_TFDS_DIR", str(tmp_path / "tfds"))
+    write_fashion_idx(tmp_path / "idx", n_train=80, n_test=20)
+    config = small_config(
+        data=DataConfig(name="fashion_mnist", data_dir=str(tmp_path / "idx")),
+        model=ModelConfig(name="mlp", embed_dim=16),
+        loop=LoopConfig(initial_size=10, budget=5, rounds=2),
+        strategies=("alfamix", "random"),
+        seeds=(1,),
+    )
+    run_experiment(config, str(tmp_path / "run"), **QUIET)
+    rows = read_csv(tmp_path / "run" / "results.csv")
+    assert [int(r["labelled"]) for r in rows] == [10, 15, 20] * 2
+    assert os.listdir(tmp_path / "tfds")  # prepared once into the cache
+
+
+def test_baselines_through_the_runner(tmp_path):
+    """BALD gets its MC-dropout passes from the trainer; a diversity baseline runs alongside."""
+    config = small_config(model=ModelConfig(name="mlp", embed_dim=32, dropout=0.3),
+                          strategies=("bald", "coreset"), seeds=(1,))
+    run_experiment(config, str(tmp_path), **QUIET)
+    rows = read_csv(tmp_path / "results.csv")
+    assert [int(r["labelled"]) for r in rows] == [20, 30, 40] * 2
+    masks = labelled_masks(tmp_path, config)
+    assert not np.array_equal(masks["bald", 1], masks["coreset", 1])
+
+
+def test_bald_without_dropout_is_refused():
+    from alfamix_jax.runner import check_config
+
+    with pytest.raises(ValueError, match="model.dropout"):
+        check_config(small_config(strategies=("bald",)))

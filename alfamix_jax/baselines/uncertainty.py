@@ -1,0 +1,124 @@
+"""Uncertainty baselines: margin, least confidence and BALD (MC dropout).
+
+Each scores every pool row from the model's outputs and takes the `budget` unlabelled rows with
+the highest score (`_top_unlabelled`: labelled rows never, ties to the lower index). No key is
+used: the choice is a deterministic function of the outputs.
+
+- margin (Scheffer et al. 2001): the smallest gap p_(1) - p_(2) between the two largest softmax
+  probabilities of the eval-mode logits. The original ALFA-Mix repository has no margin or
+  least-confidence strategy; its strategies come from Huang's DeepAL
+  (github ej0cl6/deep-active-learning), whose MarginSampling sorts p_(1) - p_(2) ascending and
+  takes the first n. Same here, as score = -(p_(1) - p_(2)).
+- least_confidence (Lewis & Gale 1994): the smallest max_c p_c (DeepAL's LeastConfidence sorts
+  probs.max(1) ascending). Score = -max_c p_c.
+- bald (Houlsby et al. 2011; MC-dropout form of Gal, Islam & Ghahramani 2017): the mutual
+  information between the prediction and the weights, estimated from T stochastic passes,
+      MI = H(mean_t p_t) - mean_t H(p_t),
+  the original's BALDDropout (entropy of the mean minus mean entropy, sorted so the largest MI
+  comes first). The passes come from `Trainer.mc_logits` through `PoolView.mc_logits`
+  ([T, N, C]; the strategy declares needs={"mc_logits"}, mc_passes=passes).
+
+  Dropout must be on: build the model with `dropout` > 0 (e.g. make_model(..., dropout=0.5);
+  0.5 is the rate of the original's Net1-Net4 and of Gal et al.). With the default dropout 0
+  (as in the original's MLPNet, whose BALD therefore also degenerates) every pass equals the
+  eval pass, MI is exactly 0 for every row here, and BALD returns the lowest-index unlabelled
+  rows (Trainer.mc_logits then skips the T passes and repeats the eval logits).
+
+Differences from the originals, and why:
+- passes defaults to 5, the ALFA-Mix repository's `--n_drop` default (main.py); DeepAL's
+  BALDDropout defaults to n_drop=10. Set passes=10 for DeepAL's setting.
+- MI is computed as mean_t KL(p_t || mean_t p_t), the same quantity rearranged, from
+  log-softmax with log(mean_t p_t) = m + log(mean_t exp(log p_t - m)), m = max_t log p_t. This
+  is exactly 0 when all passes agree (so ties are clean) and stays finite when a probability
+  underflows to 0, where the original's torch.log(probs) gives 0 * -inf = nan.
+- The MC passes keep BatchNorm on its running averages; the original's clf.train() also
+  switches BatchNorm to batch statistics (see Trainer.mc_logits). Same for models without
+  BatchNorm.
+- Ties: lowest index first (lax.top_k); the original's torch sort leaves tie order unspecified.
+"""
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from alfamix_jax.strategies import PoolView, Query, Strategy, _top_unlabelled
+
+
+def margin_scores(logits):  # [N, C] -> [N]
+    """-(p_(1) - p_(2)): highest for the row whose two most probable classes are closest."""
+    top2 = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), 2)[0]  # [N, 2]
+    return top2[:, 1] - top2[:, 0]
+
+
+def least_confidence_scores(logits):  # [N, C] -> [N]
+    """-max_c p_c: highest for the row whose most probable class is least probable."""
+    return -jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+
+
+def bald_scores(mc_logits):  # [T, N, C] -> [N]
+    """Mutual information H(mean_t p_t) - mean_t H(p_t) of T stochastic passes, in nats,
+    computed as mean_t KL(p_t || mean_t p_t) (exactly 0 when the passes agree)."""
+    log_p = jax.nn.log_softmax(mc_logits, axis=-1)  # [T, N, C]
+    top = jnp.max(log_p, axis=0)  # [N, C]
+    log_mean = top + jnp.log(jnp.mean(jnp.exp(log_p - top), axis=0))  # [N, C] log of mean_t p_t
+    kl = jnp.sum(jnp.exp(log_p) * (log_p - log_mean), axis=-1)  # [T, N]
+    return jnp.mean(kl, axis=0)
+
+
+def _check_budget(budget: int, num_classes: int) -> None:
+    if budget < 1:
+        raise ValueError(f"budget: got {budget}; expected >= 1")
+    if num_classes < 2:
+        raise ValueError(f"num_classes: got {num_classes}; expected >= 2")
+
+
+def make_margin(*, budget: int, num_classes: int, **_) -> Strategy:
+    """Rows with the smallest gap between the two most probable classes (eval-mode logits)."""
+    _check_budget(budget, num_classes)
+
+    @jax.jit
+    def query(key, view: PoolView) -> Query:
+        del key
+        return Query(_top_unlabelled(margin_scores(view.logits), view.labels, budget), {})
+
+    return Strategy("margin", query)
+
+
+def make_least_confidence(*, budget: int, num_classes: int, **_) -> Strategy:
+    """Rows with the smallest maximum class probability (eval-mode logits)."""
+    _check_budget(budget, num_classes)
+
+    @jax.jit
+    def query(key, view: PoolView) -> Query:
+        del key
+        return Query(_top_unlabelled(least_confidence_scores(view.logits), view.labels, budget), {})
+
+    return Strategy("least_confidence", query)
+
+
+def make_bald(*, budget: int, num_classes: int, passes: int = 5, **_) -> Strategy:
+    """Rows with the largest BALD mutual information over `passes` MC-dropout passes. Needs a
+    model built with dropout > 0 (see the module docstring)."""
+    _check_budget(budget, num_classes)
+    if isinstance(passes, bool) or not isinstance(passes, numbers.Integral) or passes < 1:
+        raise ValueError(f"passes: got {passes!r}; expected an int >= 1 (the number of MC-dropout passes)")
+    passes = int(passes)
+
+    @jax.jit
+    def query(key, view: PoolView) -> Query:
+        del key
+        mc = view.mc_logits
+        n = view.labels.shape[0]
+        if mc is None or mc.ndim != 3 or mc.shape[1] != n:
+            got = None if mc is None else tuple(mc.shape)
+            raise ValueError(f"view.mc_logits: got {got}; expected [T, N={n}, C] (bald needs mc_logits)")
+        return Query(_top_unlabelled(bald_scores(mc), view.labels, budget), {})
+
+    return Strategy("bald", query, needs=frozenset({"mc_logits"}), mc_passes=passes)
+
+
+STRATEGIES = {
+    "margin": make_margin,
+    "least_confidence": make_least_confidence,
+    "bald": make_bald,
+}
