@@ -51,9 +51,10 @@ def take_all_candidates(candidates, budget: int):
     return idx.astype(jnp.int32), jnp.int32(0), jnp.float32(0.0), jnp.sum(candidates, dtype=jnp.int32)
 
 
-def cluster_candidates(key, embeddings, candidates, budget: int, *, max_candidates: int, kmeans_kwargs: dict):
-    """One row per k-means cluster of the L2-normalised candidates, `budget`
-    clusters: the row nearest each centre. -> picks [B] (-1: empty cluster),
+def cluster_candidates(key, embeddings, candidates, budget: int, *, max_candidates: int, kmeans_kwargs: dict,
+                       normalise: bool = True):
+    """One row per k-means cluster of the candidates (L2-normalised first
+    unless normalise=False), `budget` clusters: the row nearest each centre. -> picks [B] (-1: empty cluster),
     k-means iterations, inertia, and how many candidates were clustered.
 
     The candidates are gathered into a buffer of `max_candidates` rows; if
@@ -70,7 +71,7 @@ def cluster_candidates(key, embeddings, candidates, budget: int, *, max_candidat
         lambda: jax.lax.top_k(priority, capacity)[1],
     ).astype(jnp.int32)
     n_valid = jnp.minimum(count, capacity)
-    x = _normalise(embeddings[idx])
+    x = _normalise(embeddings[idx]) if normalise else embeddings[idx]
     result = kmeans(kmeans_key, x, n_valid, budget, **kmeans_kwargs)
     picks = jnp.where(result.picks >= 0, idx[jnp.maximum(result.picks, 0)], -1)
     return picks, result.iterations, result.inertia.astype(jnp.float32), n_valid

@@ -112,16 +112,22 @@ def predictive_entropy(logits):  # [N, C] -> [N]
     return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
 
 
-def make_entropy(*, budget: int, **_) -> Strategy:
-    """Rows whose predictive distribution has the highest Shannon entropy
-    (the original's EntropySampling: top-B of -sum p log p)."""
+def make_score_strategy(name: str, score_fn: Callable[[jax.Array], jax.Array], budget: int) -> Strategy:
+    """A deterministic strategy: the `budget` unlabelled rows with the highest
+    `score_fn(logits [N, C]) -> [N]`."""
 
     @jax.jit
     def query(key, view: PoolView) -> Query:
         del key
-        return Query(_top_unlabelled(predictive_entropy(view.logits), view.labels, budget), {})
+        return Query(_top_unlabelled(score_fn(view.logits), view.labels, budget), {})
 
-    return Strategy("entropy", query)
+    return Strategy(name, query)
+
+
+def make_entropy(*, budget: int, **_) -> Strategy:
+    """Rows whose predictive distribution has the highest Shannon entropy
+    (the original's EntropySampling: top-B of -sum p log p)."""
+    return make_score_strategy("entropy", predictive_entropy, budget)
 
 
 def _make_alfamix(alpha: str, **ablation):

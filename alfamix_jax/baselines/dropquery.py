@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.fill import fill_default
-from alfamix_jax.kmeans import kmeans
-from alfamix_jax.select import take_all_candidates
+from alfamix_jax.select import cluster_candidates, take_all_candidates
 
 if TYPE_CHECKING:
     from alfamix_jax.strategies import PoolView, Strategy
@@ -92,32 +91,6 @@ def prediction_changes(key, embeddings, head_params, *, passes: int = 3, rate: f
         return jnp.sum(preds != y_star, axis=0, dtype=jnp.int32)
 
     return map_row_blocks(block, n, block_size)
-
-
-def cluster_candidates(key, embeddings, candidates, budget: int, *, normalise: bool, max_candidates: int,
-                       kmeans_kwargs: dict):
-    """One candidate per k-means cluster (the one nearest the centre), `budget`
-    clusters. -> picks [B] (-1: empty cluster), k-means iterations, inertia,
-    how many candidates were clustered (a random subset when more than
-    `max_candidates`). Like `alfamix_jax.select.cluster_candidates`, with
-    normalisation optional."""
-    n = candidates.shape[0]
-    count = jnp.sum(candidates, dtype=jnp.int32)
-    capacity = min(n, max_candidates)
-    subsample_key, kmeans_key = jax.random.split(key)
-    priority = jnp.where(candidates, jax.random.uniform(subsample_key, (n,)), -1.0)
-    idx = jax.lax.cond(
-        count <= capacity,
-        lambda: jnp.nonzero(candidates, size=capacity, fill_value=0)[0],
-        lambda: jax.lax.top_k(priority, capacity)[1],
-    ).astype(jnp.int32)
-    n_valid = jnp.minimum(count, capacity)
-    x = embeddings[idx]
-    if normalise:
-        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    result = kmeans(kmeans_key, x, n_valid, budget, **kmeans_kwargs)
-    picks = jnp.where(result.picks >= 0, idx[jnp.maximum(result.picks, 0)], -1)
-    return picks, result.iterations, result.inertia.astype(jnp.float32), n_valid
 
 
 def make_dropquery(*, budget: int, num_classes: int, passes: int = 3, dropout_rate: float = 0.75,

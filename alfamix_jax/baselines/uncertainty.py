@@ -41,7 +41,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.strategies import PoolView, Query, Strategy, _top_unlabelled
+from alfamix_jax.strategies import PoolView, Query, Strategy, _top_unlabelled, make_score_strategy
 
 
 def margin_scores(logits):  # [N, C] -> [N]
@@ -75,25 +75,13 @@ def _check_budget(budget: int, num_classes: int) -> None:
 def make_margin(*, budget: int, num_classes: int, **_) -> Strategy:
     """Rows with the smallest gap between the two most probable classes (eval-mode logits)."""
     _check_budget(budget, num_classes)
-
-    @jax.jit
-    def query(key, view: PoolView) -> Query:
-        del key
-        return Query(_top_unlabelled(margin_scores(view.logits), view.labels, budget), {})
-
-    return Strategy("margin", query)
+    return make_score_strategy("margin", margin_scores, budget)
 
 
 def make_least_confidence(*, budget: int, num_classes: int, **_) -> Strategy:
     """Rows with the smallest maximum class probability (eval-mode logits)."""
     _check_budget(budget, num_classes)
-
-    @jax.jit
-    def query(key, view: PoolView) -> Query:
-        del key
-        return Query(_top_unlabelled(least_confidence_scores(view.logits), view.labels, budget), {})
-
-    return Strategy("least_confidence", query)
+    return make_score_strategy("least_confidence", least_confidence_scores, budget)
 
 
 def make_bald(*, budget: int, num_classes: int, passes: int = 5, **_) -> Strategy:
