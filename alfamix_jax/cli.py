@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) an active-learning experiment from a config")
     run.add_argument("--config", required=True,
-                     help="a shipped config name (demo, fashion_mnist_mlp, mnist_mlp, cifar10_resnet18) or a .py "
-                     "file defining get_config()")
+                     help="a shipped config name (demo, compare_digits, fashion_mnist_mlp, mnist_mlp, "
+                     "cifar10_resnet18) or a .py file defining get_config()")
     run.add_argument("--workdir", required=True, help="results.csv, checkpoints and plots go here; rerun to resume")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set train.learning_rate=0.01 --set seeds=1,2")
