@@ -32,6 +32,7 @@ import numpy as np
 from alfamix_jax.checkpoint import RunCheckpointer
 from alfamix_jax.config import INITIAL_MODES, ExperimentConfig, from_dict
 from alfamix_jax.strategies import STRATEGIES, PoolView, make_strategy
+from alfamix_jax.training import check_train_config
 
 RESULT_COLUMNS = (
     "strategy", "seed", "round", "labelled", "test_accuracy", "train_accuracy", "train_epochs",
@@ -72,14 +73,12 @@ def check_config(config: ExperimentConfig) -> None:
         raise ValueError(f"loop.initial_mode must be one of {INITIAL_MODES}, got {loop.initial_mode!r}")
     if any(loop.budget_at(r) < 1 for r in range(1, loop.rounds + 1)):
         raise ValueError(f"loop.growth_ratio {loop.growth_ratio} shrinks the budget below 1 row")
-    train = config.train
-    if train.batch_size < 2 or train.max_epochs < 1 or not 0 < train.stop_accuracy <= 1 or train.learning_rate <= 0:
-        raise ValueError(
-            "train: need batch_size >= 2, max_epochs >= 1, 0 < stop_accuracy <= 1, learning_rate > 0; got "
-            f"{train.batch_size}, {train.max_epochs}, {train.stop_accuracy}, {train.learning_rate}"
-        )
-    if train.optimizer not in ("adam", "sgd"):
-        raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {train.optimizer!r}")
+    try:
+        check_train_config(config.train)
+    except ValueError as e:
+        raise ValueError(f"train.{e}") from None
+    if not 0 < config.train.stop_accuracy <= 1:  # the trainer also takes > 1 (never stop); a config may not
+        raise ValueError(f"train.stop_accuracy must be in (0, 1], got {config.train.stop_accuracy}")
     if config.alfamix.compat not in ("default", "reference"):
         raise ValueError(f"alfamix.compat must be 'default' or 'reference', got {config.alfamix.compat!r}")
     from alfamix_jax.select import ANCHOR_MODES, DIVERSITY_MODES
@@ -170,9 +169,10 @@ class Workbench:
 
     config: ExperimentConfig
     x_train: jax.Array
-    y_train: np.ndarray
+    y_train: np.ndarray  # host copy, for the initial set
+    y_train_device: jax.Array  # [N], put on the device once per experiment
     x_test: jax.Array
-    y_test: np.ndarray
+    y_test: jax.Array
     num_classes: int
     trainer: object
     initial_states: dict  # seed -> TrainState with that seed's initial weights
@@ -228,7 +228,9 @@ def make_workbench(config: ExperimentConfig, log: Callable[[str], None] = print)
     trainer = make_trainer(template, config.train, pool_size=len(data.y_train), max_labelled=final_labelled)
     return Workbench(
         config=config, x_train=jax.device_put(data.x_train), y_train=np.asarray(data.y_train),
-        x_test=jax.device_put(data.x_test), y_test=np.asarray(data.y_test), num_classes=data.num_classes,
+        y_train_device=jax.device_put(np.asarray(data.y_train, np.int32)),
+        x_test=jax.device_put(data.x_test), y_test=jax.device_put(np.asarray(data.y_test, np.int32)),
+        num_classes=data.num_classes,
         trainer=trainer, initial_states={}, strategies={},
     )
 
@@ -289,14 +291,13 @@ def _run_rounds(bench, checkpointer, strategy_name, seed, on_round):
         start_round, records, pending = restored.round + 1, restored.meta["records"], restored.meta["pending"]
         labelled = np.asarray(restored.arrays["labelled"]).astype(bool)
         state = restored.arrays.get("train_state")
-    y_train = jnp.asarray(bench.y_train)
     for r in range(start_round, loop.rounds + 1):
         if state is None or not config.train.warm_start:
             state = bench.initial_state(seed)
         train_key, query_key = jax.random.fold_in(loop_key, 2 * r), jax.random.fold_in(loop_key, 2 * r + 1)
         labelled_now = jnp.asarray(labelled)
         (state, stats), train_s, train_compile_s = timed(
-            trainer.train, state, bench.x_train, y_train, labelled_now, train_key
+            trainer.train, state, bench.x_train, bench.y_train_device, labelled_now, train_key
         )
         accuracy = float(trainer.evaluate(state, bench.x_test, bench.y_test))
         record = dict(
@@ -330,7 +331,7 @@ def _run_rounds(bench, checkpointer, strategy_name, seed, on_round):
 
 def _query(trainer, strategy, state, bench, labelled, key):
     embeddings, logits = trainer.embed_and_logits(state, bench.x_train)
-    labels = jnp.where(labelled, jnp.asarray(bench.y_train), -1)
+    labels = jnp.where(labelled, bench.y_train_device, -1)
     mc_logits = None
     if "mc_logits" in strategy.needs:  # dropout masks from their own key; the query keeps `key`
         mc_logits = trainer.mc_logits(state, bench.x_train, jax.random.fold_in(key, 0x3C), passes=strategy.mc_passes)

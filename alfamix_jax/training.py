@@ -56,7 +56,8 @@ class TrainConfig:
     loop: str = "auto"
 
 
-def _check_config(cfg: TrainConfig) -> None:
+def check_train_config(cfg: TrainConfig) -> None:
+    """ValueError naming the field for settings no fit can use."""
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: got {cfg.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if not cfg.learning_rate > 0:
@@ -78,7 +79,7 @@ def _check_config(cfg: TrainConfig) -> None:
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """Adam, or SGD with (heavy-ball) momentum, as torch.optim builds them: weight decay is
     added to the gradient before the update (torch's `weight_decay`, coupled L2)."""
-    _check_config(cfg)
+    check_train_config(cfg)
     if cfg.optimizer == "adam":
         opt = optax.adam(cfg.learning_rate)  # torch defaults: b1 0.9, b2 0.999, eps 1e-8 outside the sqrt
     else:
@@ -123,7 +124,7 @@ class Trainer:
     """Fits one model family on a fixed-size pool; see `make_trainer`."""
 
     def __init__(self, model: nnx.Module, cfg: TrainConfig, *, pool_size: int, max_labelled: int | None = None):
-        _check_config(cfg)
+        check_train_config(cfg)
         if pool_size < 1:
             raise ValueError(f"pool_size: got {pool_size}; expected >= 1")
         if max_labelled is None:
@@ -306,23 +307,14 @@ class Trainer:
         """Eval mode over fixed blocks of min(eval_batch_size, M) rows; the last block is
         shifted back to end at row M (overlapping the one before) instead of padding the pool."""
         m = x.shape[0]
-        block = min(self.cfg.eval_batch_size, m)
-        n_blocks = -(-m // block)
+        block, n_blocks = self._blocks(m)
 
         def run_block(i):
-            model = nnx.merge(self._graphdef_eval, params, batch_stats)
             xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(i * block, m - block), block, axis=0)
-            z = model.embed(xb)  # [block, D]
-            return z, model.head(z)
+            return self._eval_block_impl(params, batch_stats, xb)
 
         zs, logits = jax.lax.map(run_block, jnp.arange(n_blocks))  # [n_blocks, block, D], [n_blocks, block, C]
-        tail = m - (n_blocks - 1) * block
-
-        def unblock(a):
-            return jnp.concatenate([a[:-1].reshape(-1, a.shape[-1]), a[-1, block - tail:]], axis=0)
-
-        result = {"embed": unblock(zs), "logits": unblock(logits)}
-        return result[outputs] if outputs in result else (result["embed"], result["logits"])
+        return _select_outputs(_unblock(zs, m), _unblock(logits, m), outputs)
 
     def _eval_block_impl(self, params, batch_stats, xb):
         model = nnx.merge(self._graphdef_eval, params, batch_stats)
@@ -332,14 +324,11 @@ class Trainer:
     def _eval_on_host(self, params, batch_stats, x, outputs: str):
         """`_eval_impl` with the loop over blocks in Python (see TrainConfig.loop)."""
         m = x.shape[0]
-        block = min(self.cfg.eval_batch_size, m)
-        starts = [min(i * block, m - block) for i in range(-(-m // block))]
+        block, n_blocks = self._blocks(m)
+        starts = [min(i * block, m - block) for i in range(n_blocks)]
         parts = [self._eval_block(params, batch_stats, jax.lax.dynamic_slice_in_dim(x, s, block)) for s in starts]
-        tail = m - (len(starts) - 1) * block
-        zs = jnp.concatenate([p[0] for p in parts[:-1]] + [parts[-1][0][block - tail:]], axis=0)
-        logits = jnp.concatenate([p[1] for p in parts[:-1]] + [parts[-1][1][block - tail:]], axis=0)
-        result = {"embed": zs, "logits": logits}
-        return result[outputs] if outputs in result else (zs, logits)
+        zs, logits = (jnp.stack([p[k] for p in parts]) for k in (0, 1))  # [n_blocks, block, ...]
+        return _select_outputs(_unblock(zs, m), _unblock(logits, m), outputs)
 
     def _run_eval(self, state, x, outputs: str):
         x = self._check_eval_input(x)
@@ -419,7 +408,8 @@ class Trainer:
             return self._mc_on_host(state.params, state.batch_stats, x, key, passes)
         return self._mc(state.params, state.batch_stats, x, key, passes=passes)
 
-    def _mc_blocks(self, m: int):
+    def _blocks(self, m: int):
+        """(rows per block, number of blocks) for evaluating M rows."""
         block = min(self.cfg.eval_batch_size, m)
         return block, -(-m // block)
 
@@ -431,7 +421,7 @@ class Trainer:
     def _mc_impl(self, params, batch_stats, x, key, passes: int):
         """All passes over all blocks as one program (lax.map over (pass, block) pairs)."""
         m = x.shape[0]
-        block, n_blocks = self._mc_blocks(m)
+        block, n_blocks = self._blocks(m)
 
         def run(i):
             t, b = i // n_blocks, i % n_blocks
@@ -445,7 +435,7 @@ class Trainer:
     def _mc_on_host(self, params, batch_stats, x, key, passes: int):
         """`_mc_impl` with the loops over passes and blocks in Python (see TrainConfig.loop)."""
         m = x.shape[0]
-        block, n_blocks = self._mc_blocks(m)
+        block, n_blocks = self._blocks(m)
         starts = [min(b * block, m - block) for b in range(n_blocks)]
         passes_out = []
         for t in range(passes):
@@ -461,7 +451,7 @@ class Trainer:
         """Dropout + head on eval embeddings z [M, D], in the same blocks and with the same keys
         as `_mc_impl`, so the masks are those the whole network would draw."""
         m = z.shape[0]
-        block, n_blocks = self._mc_blocks(m)
+        block, n_blocks = self._blocks(m)
 
         def run(i):
             t, b = i // n_blocks, i % n_blocks
@@ -477,6 +467,11 @@ class Trainer:
 def _mc_key(key, t, b):
     """The dropout key of MC pass t on eval block b."""
     return jax.random.fold_in(jax.random.fold_in(key, t), b)
+
+
+def _select_outputs(embeddings, logits, outputs: str):
+    """"embed", "logits", or both as a pair."""
+    return {"embed": embeddings, "logits": logits}.get(outputs, (embeddings, logits))
 
 
 def _unblock(a, m: int):

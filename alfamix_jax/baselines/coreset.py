@@ -11,7 +11,7 @@ Memory is O(N*D + N), never N x N:
   the labelled rows (gathered to the front by a stable sort, so only
   ceil(L / block_size) column blocks run, L being traced). A tile is
   [block_size, block_size]. Its distances are ||a||^2 + ||b||^2 - 2 a.b
-  clipped at 0, on embeddings centred on the pool mean first (distances do
+  clipped at 0, on embeddings centred on the unlabelled rows' mean first (distances do
   not change; the cancellation in the expansion shrinks with the norms, which
   matters for post-ReLU features that sit far from the origin).
 - Each greedy step then costs one O(N*D) pass: the squared distance of every
@@ -37,10 +37,14 @@ The PRNG key is unused: CoreSet is deterministic.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from alfamix_jax.strategies import PoolView, Query, Strategy
+
+_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
 
 
 def _block_start(n: int, size: int, j):
@@ -49,58 +53,73 @@ def _block_start(n: int, size: int, j):
     return jnp.minimum(j * size, n - size)
 
 
-def labelled_min_sq_dists(x, labelled, *, block_size: int = 4096):
-    """Squared distance of every row to its nearest labelled row.
-    x: [N, D] (centred), labelled: [N] bool -> [N] (+inf where none is labelled).
-    Tiles of [block_size, block_size]; only the occupied labelled column blocks run."""
-    n = x.shape[0]
-    size = min(block_size, n)
-    num_row_blocks = -(-n // size)
-    sq = jnp.sum(x * x, axis=-1)  # [N]
-    # Labelled rows first, in index order (stable); the first `num_lab` entries are theirs.
-    order = jnp.argsort(jnp.where(labelled, 0, 1), stable=True).astype(jnp.int32)  # [N]
-    num_lab = jnp.sum(labelled.astype(jnp.int32))
-    num_col_blocks = (num_lab + size - 1) // size
+def min_sq_dists_to_centres(sub, x, centres, *, block_size: int = 4096):
+    """Squared distance of every row of `sub` to its nearest centre (the rows of
+    x where `centres`). sub: [S, F], x: [N, F], centres: [N] bool -> [S] (+inf
+    where there is no centre). Tiles of [block_size, block_size]; only the
+    occupied centre column blocks run."""
+    s, n = sub.shape[0], x.shape[0]
+    row_size, col_size = min(block_size, s), min(block_size, n)
+    sq_sub, sq_x = jnp.sum(sub * sub, axis=-1), jnp.sum(x * x, axis=-1)  # [S], [N]
+    # Centre rows first, in index order (stable); the first `num_centres` entries are theirs.
+    order = jnp.argsort(jnp.where(centres, 0, 1), stable=True).astype(jnp.int32)  # [N]
+    num_centres = jnp.sum(centres.astype(jnp.int32))
+    num_col_blocks = (num_centres + col_size - 1) // col_size
 
     def row_block(i, min_dist):
-        start = _block_start(n, size, i)
-        xb = jax.lax.dynamic_slice_in_dim(x, start, size)  # [b, D]
-        sqb = jax.lax.dynamic_slice_in_dim(sq, start, size)  # [b]
+        start = _block_start(s, row_size, i)
+        xb = jax.lax.dynamic_slice_in_dim(sub, start, row_size)  # [b, F]
+        sqb = jax.lax.dynamic_slice_in_dim(sq_sub, start, row_size)  # [b]
 
         def col_block(k, best):
-            cstart = _block_start(n, size, k)
-            cols = jax.lax.dynamic_slice_in_dim(order, cstart, size)  # [b] pool indices
-            valid = (cstart + jnp.arange(size)) < num_lab
-            xc, sqc = x[cols], sq[cols]  # [b, D], [b]
-            d = jnp.maximum(sqb[:, None] + sqc[None, :] - 2.0 * (xb @ xc.T), 0.0)  # [b, b]
+            cstart = _block_start(n, col_size, k)
+            cols = jax.lax.dynamic_slice_in_dim(order, cstart, col_size)  # [c] pool indices
+            valid = (cstart + jnp.arange(col_size)) < num_centres
+            xc, sqc = x[cols], sq_x[cols]  # [c, F], [c]
+            d = jnp.maximum(sqb[:, None] + sqc[None, :] - 2.0 * _dot(xb, xc.T), 0.0)  # [b, c]
             d = jnp.where(valid[None, :], d, jnp.inf)
             return jnp.minimum(best, jnp.min(d, axis=-1))
 
-        best = jax.lax.fori_loop(0, num_col_blocks, col_block, jnp.full((size,), jnp.inf, x.dtype))
+        best = jax.lax.fori_loop(0, num_col_blocks, col_block, jnp.full((row_size,), jnp.inf, sub.dtype))
         return jax.lax.dynamic_update_slice_in_dim(min_dist, best, start, axis=0)
 
-    return jax.lax.fori_loop(0, num_row_blocks, row_block, jnp.full((n,), jnp.inf, x.dtype))
+    return jax.lax.fori_loop(0, -(-s // row_size), row_block, jnp.full((s,), jnp.inf, sub.dtype))
+
+
+def labelled_min_sq_dists(x, labelled, *, block_size: int = 4096):
+    """Squared distance of every row to its nearest labelled row.
+    x: [N, D] (centred), labelled: [N] bool -> [N] (+inf where none is labelled)."""
+    return min_sq_dists_to_centres(x, x, labelled, block_size=block_size)
+
+
+def furthest_first(sub, valid, x, centres, budget: int, *, block_size: int = 4096):
+    """Greedy k-center (the original's `furthest_first`): `budget` positions of
+    `sub` rows, each the valid row farthest from its nearest centre so far; the
+    centres start as the rows of x where `centres` is True.
+    sub: [S, F], valid: [S] bool, x: [N, F], centres: [N] bool -> [B] int32 positions in sub.
+    Both are shifted by the valid rows' mean first (distances do not change; the
+    cancellation in the expanded start distances shrinks with the norms)."""
+    sub, x = sub.astype(jnp.float32), x.astype(jnp.float32)
+    shift = jnp.sum(jnp.where(valid[:, None], sub, 0.0), axis=0) / jnp.maximum(jnp.sum(valid), 1)
+    sub, x = sub - shift, x - shift
+    min_dist = min_sq_dists_to_centres(sub, x, centres, block_size=block_size)  # [S]
+    # Rows that can no longer be picked carry -inf (invalid, then picked as we go).
+    min_dist = jnp.where(valid, min_dist, -jnp.inf)
+
+    def step(t, carry):
+        min_dist, picks = carry
+        idx = jnp.argmax(min_dist).astype(jnp.int32)  # ties: lowest position
+        d = jnp.sum(jnp.square(sub - sub[idx]), axis=-1)  # [S]
+        return jnp.minimum(min_dist, d).at[idx].set(-jnp.inf), picks.at[t].set(idx)
+
+    _, picks = jax.lax.fori_loop(0, budget, step, (min_dist, jnp.zeros((budget,), jnp.int32)))
+    return picks
 
 
 def greedy_k_center(x, labels, budget: int, *, block_size: int = 4096):
     """The `budget` unlabelled rows that greedy k-center adds to the labelled
     centres, in pick order. x: [N, D], labels: [N] (-1 unlabelled) -> [B] int32."""
-    x = x.astype(jnp.float32)
-    x = x - jnp.mean(x, axis=0, keepdims=True)
-    labelled = labels >= 0
-    min_dist = labelled_min_sq_dists(x, labelled, block_size=block_size)  # [N]
-    # Rows that can no longer be picked carry -inf (labelled now, picked as we go).
-    min_dist = jnp.where(labelled, -jnp.inf, min_dist)
-
-    def step(t, carry):
-        min_dist, picks = carry
-        idx = jnp.argmax(min_dist).astype(jnp.int32)  # ties: lowest index
-        d = jnp.sum(jnp.square(x - x[idx]), axis=-1)  # [N]
-        min_dist = jnp.minimum(min_dist, d).at[idx].set(-jnp.inf)
-        return min_dist, picks.at[t].set(idx)
-
-    _, picks = jax.lax.fori_loop(0, budget, step, (min_dist, jnp.zeros((budget,), jnp.int32)))
-    return picks
+    return furthest_first(x, labels < 0, x, labels >= 0, budget, block_size=block_size)
 
 
 def make_coreset(*, budget: int, block_size: int = 4096, **_) -> Strategy:

@@ -88,6 +88,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alfamix_jax.baselines.coreset import furthest_first  # the shared greedy k-center
 from alfamix_jax.strategies import PoolView, Query, Strategy
 
 _METHODS = ("core", "uncertain")
@@ -183,43 +184,6 @@ def train_gcn(key, x, labelled, unlabelled, *, hidden_units: int = 128, dropout_
     params, _, loss = jax.lax.fori_loop(0, train_steps, step, carry)
     z, feat = gcn_forward(params, x, adj_x, nodes, inv_deg)
     return z, feat, loss
-
-
-def furthest_first(sub, valid, x, centres, budget: int, *, block_size: int = 4096):
-    """Greedy k-center (the original's `furthest_first`): `budget` positions of
-    `sub` rows, each the valid row farthest from its nearest centre so far; the
-    centres start as the rows of x where `centres` is True.
-    sub: [S, F], valid: [S] bool, x: [N, F], centres: [N] bool -> [B] int32 positions in sub.
-    The start distances run in [S, block_size] tiles over the centre rows only."""
-    shift = jnp.sum(jnp.where(valid[:, None], sub, 0.0), axis=0) / jnp.maximum(jnp.sum(valid), 1)
-    sub, x = sub - shift, x - shift  # distances unchanged; less cancellation in the expansion
-    n = x.shape[0]
-    size = min(block_size, n)
-    sq_sub = jnp.sum(sub * sub, axis=-1)  # [S]
-    order = jnp.argsort(jnp.where(centres, 0, 1), stable=True)  # centre rows first
-    num_centres = jnp.sum(centres.astype(jnp.int32))
-
-    def col_block(k, best):
-        start = jnp.minimum(k * size, n - size)
-        cols = jax.lax.dynamic_slice_in_dim(order, start, size)  # [b] pool rows
-        ok = (start + jnp.arange(size)) < num_centres
-        xc = x[cols]  # [b, F]
-        d = sq_sub[:, None] + jnp.sum(xc * xc, axis=-1)[None, :] - 2.0 * _dot(sub, xc.T)  # [S, b]
-        d = jnp.where(ok[None, :], jnp.maximum(d, 0.0), jnp.inf)
-        return jnp.minimum(best, jnp.min(d, axis=-1))
-
-    num_blocks = (num_centres + size - 1) // size
-    min_dist = jax.lax.fori_loop(0, num_blocks, col_block, jnp.full(sub.shape[:1], jnp.inf, sub.dtype))
-    min_dist = jnp.where(valid, min_dist, -jnp.inf)
-
-    def step(t, carry):
-        min_dist, picks = carry
-        idx = jnp.argmax(min_dist).astype(jnp.int32)  # ties: earliest position
-        d = jnp.sum(jnp.square(sub - sub[idx]), axis=-1)  # [S]
-        return jnp.minimum(min_dist, d).at[idx].set(-jnp.inf), picks.at[t].set(idx)
-
-    _, picks = jax.lax.fori_loop(0, budget, step, (min_dist, jnp.zeros((budget,), jnp.int32)))
-    return picks
 
 
 def sample_subset(key, labels, size: int):
