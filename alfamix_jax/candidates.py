@@ -70,11 +70,16 @@ def search_general(
     block_size: int,
     require_direction: bool,
     emulate_torch_nan: bool = False,
+    row_offset=0,
+    total: Callable = lambda count: count,
 ) -> SearchResult:
     """emulate_torch_nan: flag the rows on which the original's float32 torch
-    code divides 0 by 0 (defect Q1) so the reference form reproduces them."""
+    code divides 0 by 0 (defect Q1) so the reference form reproduces them.
+    row_offset, total: for one shard of a pool inside shard_map, the global
+    index of its first row (per-row random draws are keyed by it) and the sum
+    of an integer count over all shards (the caps' early stop is global)."""
     n, _ = embeddings.shape
-    num_eligible = jnp.sum(eligible).astype(embeddings.dtype)
+    num_eligible = total(jnp.sum(eligible, dtype=jnp.int32)).astype(embeddings.dtype)
     num_caps, num_anchors = eps.shape[0], anchors.shape[0]
     size, num_blocks = block_starts(n, block_size)
 
@@ -83,7 +88,7 @@ def search_general(
         p = jax.lax.dynamic_slice_in_dim(pseudo, start, size)
         raw = loss_gradient(head_apply, head_params, u, p)
         g, has_dir = normalise_rows(raw)
-        rows = start + jnp.arange(size, dtype=jnp.int32)
+        rows = row_offset + start + jnp.arange(size, dtype=jnp.int32)
         torch_nan = None
         if emulate_torch_nan:
             # The original's gradient is ours / N (mean reduction); its float32
@@ -122,16 +127,16 @@ def search_general(
 
     def cond(state):
         s, candidates = state[0], state[1]
-        return (s < num_caps) & (jnp.sum(candidates) <= budget)
+        return (s < num_caps) & (total(jnp.sum(candidates, dtype=jnp.int32)) <= budget)
 
     def body(state):
         s, candidates, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, _ = state
         flips, rho, has_direction = flips_at_cap(s)  # [K, N], [N], [N]
         flipped = jnp.any(flips, axis=0)
         candidates = candidates | flipped
-        flips_per_cap = flips_per_cap.at[s].set(jnp.sum(flipped, dtype=jnp.int32))
-        union_per_cap = union_per_cap.at[s].set(jnp.sum(candidates, dtype=jnp.int32))
-        flips_per_anchor = flips_per_anchor.at[s].set(jnp.sum(flips, axis=1, dtype=jnp.int32))
+        flips_per_cap = flips_per_cap.at[s].set(total(jnp.sum(flipped, dtype=jnp.int32)))
+        union_per_cap = union_per_cap.at[s].set(total(jnp.sum(candidates, dtype=jnp.int32)))
+        flips_per_anchor = flips_per_anchor.at[s].set(total(jnp.sum(flips, axis=1, dtype=jnp.int32)))
         min_rho = jnp.minimum(min_rho, rho)
         return s + 1, candidates, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, has_direction
 
@@ -152,7 +157,8 @@ def search_general(
 
 def flip_thresholds(embeddings, head: LinearHead, anchors):
     """Per row: the pseudo-label, whether the loss gradient has a direction,
-    and `e [N, K]`: row i flips for anchor k at every eps > e[i, k].
+    `e [N, K]`: row i flips for anchor k at every eps > e[i, k], and whether
+    the row's logits and anchor products are finite (NaN/inf input shows here).
 
     With g the unit gradient of CE(f(u), p) and a linear head, the logits of
     `u + t g` are `l + t s` with s = g W^T. Class c overtakes p at
@@ -190,7 +196,69 @@ def flip_thresholds(embeddings, head: LinearHead, anchors):
     sq_a = jnp.sum(anchors * anchors, axis=-1)
     dist = jnp.sqrt(jnp.maximum(sq_u - 2.0 * u_dot_a + sq_a, 0.0))  # [N, K]
     e = t_star[:, None] / dist  # inf where t* is inf or the row sits on the anchor
-    return pseudo, has_direction, e
+    return pseudo, has_direction, e, jnp.all(jnp.isfinite(proj), axis=-1)
+
+
+class FirstCaps(NamedTuple):
+    """What one pass of the linear shortcut learns about a block of rows."""
+
+    first_cap: jax.Array  # [b] int32: index of the first cap that flips the row (S: none)
+    has_direction: jax.Array  # [b] bool
+    anchor_hist: jax.Array  # [S + 1, K] int32: counted rows by the first cap each anchor flips them at
+    finite: jax.Array  # [b] bool: the row's projections are finite (False: NaN/inf in the input)
+
+
+def linear_first_caps(
+    embeddings,  # [b, D]
+    ok,  # [b] bool: eligible rows
+    counted,  # [b] bool: rows that enter anchor_hist (a shifted block counts its new rows only)
+    head: LinearHead,
+    anchors,  # [K, D]
+    eps,  # [S] increasing
+) -> FirstCaps:
+    """Row i flips for anchor k at cap s iff e[i, k] < eps[s] (`flip_thresholds`),
+    and eps increases, so each (row, anchor) is summed up by the first cap
+    that flips it: `S - #{s : e < eps[s]}` (a NaN threshold never flips).
+    Per-row state is one integer, so the caps' early stop can be decided
+    after the pass, from histograms summed over blocks, devices and hosts."""
+    num_caps = eps.shape[0]
+    _, has_direction, e, finite = flip_thresholds(embeddings, head, anchors)
+    per_anchor = num_caps - jnp.sum(e[..., None] < eps, axis=-1, dtype=jnp.int32)  # [b, K] in [0, S]
+    per_anchor = jnp.where((ok & has_direction)[:, None], per_anchor, num_caps)
+    levels = jnp.arange(num_caps + 1, dtype=jnp.int32)
+    hits = (per_anchor[..., None] == levels) & counted[:, None, None]  # [b, K, S + 1]
+    anchor_hist = jnp.sum(hits, axis=0, dtype=jnp.int32).T  # [S + 1, K]
+    return FirstCaps(jnp.min(per_anchor, axis=-1), has_direction, anchor_hist, finite)
+
+
+def first_cap_hist(first_cap, counted, num_caps: int):
+    """[b] first caps -> [S + 1] int32 counts (of the `counted` rows)."""
+    levels = jnp.arange(num_caps + 1, dtype=jnp.int32)
+    return jnp.sum((first_cap[:, None] == levels) & counted[:, None], axis=0, dtype=jnp.int32)
+
+
+def resolve_first_caps(first_cap, has_direction, row_hist, anchor_hist, eps, budget: int) -> SearchResult:
+    """The cap schedule from the first-cap summary: candidates after the first
+    cap whose union holds more than `budget` rows (or after the last cap).
+    first_cap, has_direction: [N] (any sharding); row_hist [S + 1] and
+    anchor_hist [S + 1, K]: totals over the whole pool."""
+    num_caps = eps.shape[0]
+    union_per_cap = jnp.cumsum(row_hist[:num_caps], dtype=jnp.int32)  # monotone in the cap
+    over = union_per_cap > budget
+    caps_tried = jnp.where(jnp.any(over), jnp.argmax(over) + 1, num_caps).astype(jnp.int32)
+    tried = jnp.arange(num_caps) < caps_tried
+    candidates = first_cap < caps_tried
+    min_rho = jnp.where(candidates, eps[jnp.minimum(first_cap, num_caps - 1)], jnp.inf).astype(eps.dtype)
+    flips_per_anchor = jnp.cumsum(anchor_hist[:num_caps], axis=0, dtype=jnp.int32)
+    return SearchResult(
+        candidates=candidates,
+        caps_tried=caps_tried,
+        flips_per_cap=jnp.where(tried, union_per_cap, 0),
+        union_per_cap=jnp.where(tried, union_per_cap, 0),
+        flips_per_anchor=jnp.where(tried[:, None], flips_per_anchor, 0),
+        min_rho=min_rho,
+        has_direction=has_direction,
+    )
 
 
 def search_linear_closed_form(
@@ -201,25 +269,9 @@ def search_linear_closed_form(
     eps,  # [S] cap / sqrt(D)
     budget: int,
 ) -> SearchResult:
-    """Same contract as `search_general` with the closed form, default mode."""
-    _, has_direction, e = flip_thresholds(embeddings, head, anchors)
-    ok = (eligible & has_direction)[:, None]
-    flips = (e[None, :, :] < eps[:, None, None]) & ok[None]  # [S, N, K], S*N*K booleans
-    flipped = jnp.any(flips, axis=-1)  # [S, N]; monotone in the cap, so each is also the union
-    union_per_cap = jnp.sum(flipped, axis=-1, dtype=jnp.int32)
-    num_caps = eps.shape[0]
-    over = union_per_cap > budget
-    caps_tried = jnp.where(jnp.any(over), jnp.argmax(over) + 1, num_caps).astype(jnp.int32)
-    tried = jnp.arange(num_caps) < caps_tried
-    candidates = flipped[caps_tried - 1]
-    first = jnp.argmax(flipped, axis=0)  # first cap index that flips the row
-    min_rho = jnp.where(candidates, eps[first], jnp.inf).astype(embeddings.dtype)
-    return SearchResult(
-        candidates=candidates,
-        caps_tried=caps_tried,
-        flips_per_cap=jnp.where(tried, union_per_cap, 0),
-        union_per_cap=jnp.where(tried, union_per_cap, 0),
-        flips_per_anchor=jnp.where(tried[:, None], jnp.sum(flips, axis=1, dtype=jnp.int32), 0),
-        min_rho=min_rho,
-        has_direction=has_direction,
-    )
+    """Same contract as `search_general` with the closed form, default mode:
+    one pass over the pool, O(N*(C+K)) memory."""
+    everything = jnp.ones(eligible.shape, bool)
+    found = linear_first_caps(embeddings, eligible, everything, head, anchors, eps)
+    row_hist = first_cap_hist(found.first_cap, everything, eps.shape[0])
+    return resolve_first_caps(found.first_cap, found.has_direction, row_hist, found.anchor_hist, eps, budget)

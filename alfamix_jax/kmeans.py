@@ -100,44 +100,106 @@ def kmeans_plus_plus(key, x, n_valid, k: int, *, shrink: int = 4, levels: int = 
     return jax.lax.switch(jnp.minimum(branch, len(prefixes) - 1), branches)
 
 
-def _assign_pass(x, sq_x, n_valid, centres, size, num_blocks, *, shapes_only=False):
-    """One pass: per-cluster sums and counts, the nearest member of each
-    cluster, the inertia and the assignment. shapes_only: the empty result."""
+class _PassStats(NamedTuple):
+    """One assignment pass's totals, or one block's share of them."""
+
+    sums: jax.Array  # [k, D] per-cluster sums of member rows
+    counts: jax.Array  # [k] members per cluster
+    best_d: jax.Array  # [k] squared distance of the nearest member (inf: none yet)
+    best_i: jax.Array  # [k] int32 row of that member (ties: lowest row)
+    inertia: jax.Array  # [] sum of squared distances to the assigned centre
+    assignment: jax.Array  # [M] int32 (a pass) or [size] (a block: its rows' clusters)
+
+
+def _block_stats(x, sq_x, n_valid, centres, size, j) -> _PassStats:
+    """Block j's share of an assignment pass (zero where its rows are not new and valid)."""
+    m = x.shape[0]
+    k = centres.shape[0]
+    start, rows, fresh = _block_rows(m, size, n_valid, j)
+    xb = jax.lax.dynamic_slice_in_dim(x, start, size)
+    d = _sq_dists(xb, jax.lax.dynamic_slice_in_dim(sq_x, start, size), centres)
+    a = jnp.argmin(d, axis=-1).astype(jnp.int32)
+    own = jnp.where(fresh, jnp.take_along_axis(d, a[:, None], axis=-1)[:, 0], jnp.inf)
+    w = fresh.astype(x.dtype)
+    block_d = jax.ops.segment_min(own, a, num_segments=k)
+    is_min = fresh & (own == block_d[a])
+    return _PassStats(
+        sums=jax.ops.segment_sum(xb * w[:, None], a, num_segments=k),
+        counts=jax.ops.segment_sum(w, a, num_segments=k),
+        best_d=block_d,
+        best_i=jax.ops.segment_min(jnp.where(is_min, rows, m), a, num_segments=k),
+        inertia=jnp.sum(jnp.where(fresh, own, 0.0)),
+        assignment=a,
+    )
+
+
+def _combine(total: _PassStats, block: _PassStats, j, size, n_valid) -> _PassStats:
+    """Add block j to the running totals. Blocks are always added in block
+    order, so the float sums do not depend on where the blocks were computed."""
+    m = total.assignment.shape[0]
+    start, _, fresh = _block_rows(m, size, n_valid, j)
+    better = block.best_d < total.best_d  # a tie keeps the earlier block's (lower) row
+    previous = jax.lax.dynamic_slice_in_dim(total.assignment, start, size)
+    return _PassStats(
+        sums=total.sums + block.sums,
+        counts=total.counts + block.counts,
+        best_d=jnp.where(better, block.best_d, total.best_d),
+        best_i=jnp.where(better, block.best_i, total.best_i),
+        inertia=total.inertia + block.inertia,
+        assignment=jax.lax.dynamic_update_slice_in_dim(
+            total.assignment, jnp.where(fresh, block.assignment, previous), start, axis=0
+        ),
+    )
+
+
+def _empty_pass(m, dim, k, dtype) -> _PassStats:
+    return _PassStats(
+        sums=jnp.zeros((k, dim), dtype),
+        counts=jnp.zeros((k,), dtype),
+        best_d=jnp.full((k,), jnp.inf, dtype),
+        best_i=jnp.full((k,), -1, jnp.int32),
+        inertia=jnp.zeros((), dtype),
+        assignment=jnp.full((m,), -1, jnp.int32),
+    )
+
+
+def _assign_pass(x, sq_x, n_valid, centres, size, num_blocks) -> _PassStats:
+    """One pass over the occupied blocks, in order, on this device."""
+    m, dim = x.shape
+
+    def body(j, total):
+        return _combine(total, _block_stats(x, sq_x, n_valid, centres, size, j), j, size, n_valid)
+
+    return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, centres.shape[0], x.dtype))
+
+
+def _sharded_assign_pass(x, sq_x, n_valid, centres, size, num_blocks, axis_name: str) -> _PassStats:
+    """The same pass with its blocks split over the devices of `axis_name`
+    (inside shard_map; x replicated). Each device computes its share of the
+    blocks, the per-block results are gathered, and every device adds them up
+    in block order: the result is bit-identical on any number of devices."""
     m, dim = x.shape
     k = centres.shape[0]
+    devices = jax.lax.axis_size(axis_name)
+    max_blocks = -(-m // size)
+    slots = -(-max_blocks // devices)  # blocks per device, covering every possible block
+    mine = jax.lax.axis_index(axis_name) * slots + jnp.arange(slots)
 
-    def body(j, carry):
-        sums, counts, best_d, best_i, inertia, assignment = carry
-        start, rows, fresh = _block_rows(m, size, n_valid, j)
-        xb = jax.lax.dynamic_slice_in_dim(x, start, size)
-        d = _sq_dists(xb, jax.lax.dynamic_slice_in_dim(sq_x, start, size), centres)
-        a = jnp.argmin(d, axis=-1).astype(jnp.int32)
-        own = jnp.where(fresh, jnp.take_along_axis(d, a[:, None], axis=-1)[:, 0], jnp.inf)
-        w = fresh.astype(x.dtype)
-        sums = sums + jax.ops.segment_sum(xb * w[:, None], a, num_segments=k)
-        counts = counts + jax.ops.segment_sum(w, a, num_segments=k)
-        inertia = inertia + jnp.sum(jnp.where(fresh, own, 0.0))
-        # Nearest member per cluster; ties go to the lowest row index.
-        block_d = jax.ops.segment_min(own, a, num_segments=k)
-        is_min = fresh & (own == block_d[a])
-        block_i = jax.ops.segment_min(jnp.where(is_min, rows, m), a, num_segments=k)
-        better = block_d < best_d
-        best_d, best_i = jnp.where(better, block_d, best_d), jnp.where(better, block_i, best_i)
-        previous = jax.lax.dynamic_slice_in_dim(assignment, start, size)
-        assignment = jax.lax.dynamic_update_slice_in_dim(assignment, jnp.where(fresh, a, previous), start, axis=0)
-        return sums, counts, best_d, best_i, inertia, assignment
+    def stats(j):
+        # Blocks past the occupied ones (n_valid is traced) cost nothing.
+        return jax.lax.cond(
+            j < num_blocks,
+            lambda: _block_stats(x, sq_x, n_valid, centres, size, j),
+            lambda: _empty_pass(size, dim, k, x.dtype)._replace(assignment=jnp.zeros((size,), jnp.int32)),
+        )
 
-    init = (
-        jnp.zeros((k, dim), x.dtype),
-        jnp.zeros((k,), x.dtype),
-        jnp.full((k,), jnp.inf, x.dtype),
-        jnp.full((k,), -1, jnp.int32),
-        jnp.zeros((), x.dtype),
-        jnp.full((m,), -1, jnp.int32),
-    )
-    if shapes_only:
-        return init
-    return jax.lax.fori_loop(0, num_blocks, body, init)
+    local = jax.lax.map(stats, mine)  # [slots, ...] per field
+    every = jax.lax.all_gather(local, axis_name, tiled=True)  # [devices * slots, ...], in block order
+
+    def body(j, total):
+        return _combine(total, jax.tree.map(lambda a: a[j], every), j, size, n_valid)
+
+    return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, k, x.dtype))
 
 
 def kmeans(
@@ -149,10 +211,17 @@ def kmeans(
     max_iters: int = 100,
     tol: float = 1e-4,
     block_size: int = 4096,
+    axis_name: str | None = None,
 ):
     """k-means++ then Lloyd until the centres move less than `tol` times the
     mean per-feature variance (scikit-learn's rule) or `max_iters`.
-    An empty cluster keeps its centre. x: [M, D]; rows past n_valid ignored."""
+    An empty cluster keeps its centre. x: [M, D]; rows past n_valid ignored.
+
+    axis_name: inside `shard_map`, with x replicated on every device of that
+    mesh axis, each Lloyd pass splits its row blocks over the devices (see
+    `_sharded_assign_pass`); the seeding, k sequential steps that each need
+    every point, runs on every device alike. The result is the same on any
+    number of devices."""
     m, _ = x.shape
     size, num_blocks = _blocks(m, block_size, n_valid)
     sq_x = jnp.sum(x * x, axis=-1)
@@ -171,15 +240,19 @@ def kmeans(
     def cond(state):
         return ~state[0]
 
+    def run_pass(centres):
+        if axis_name is None:
+            return _assign_pass(x, sq_x, n_valid, centres, size, num_blocks)
+        return _sharded_assign_pass(x, sq_x, n_valid, centres, size, num_blocks, axis_name)
+
     def body(state):
         _, i, centres, _ = state
-        out = _assign_pass(x, sq_x, n_valid, centres, size, num_blocks)
-        sums, counts = out[0], out[1]
+        out = run_pass(centres)
+        sums, counts = out.sums, out.counts
         new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
         done = (jnp.sum((new - centres) ** 2) <= threshold) | (i + 1 >= max_iters)
         return done, i + 1, jnp.where(done, centres, new), out
 
-    init = (jnp.array(False), jnp.int32(0), centres, _assign_pass(x, sq_x, n_valid, centres, 0, 0, shapes_only=True))
+    init = (jnp.array(False), jnp.int32(0), centres, _empty_pass(m, x.shape[1], k, x.dtype))
     _, iterations, centres, out = jax.lax.while_loop(cond, body, init)
-    _, _, _, picks, inertia, assignment = out
-    return KMeansResult(centres, assignment, picks, inertia, iterations)
+    return KMeansResult(centres, out.assignment, out.best_i, out.inertia, iterations)

@@ -57,9 +57,11 @@ def cluster_candidates(key, embeddings, candidates, budget: int, *, max_candidat
     unless normalise=False), `budget` clusters: the row nearest each centre. -> picks [B] (-1: empty cluster),
     k-means iterations, inertia, and how many candidates were clustered.
 
-    The candidates are gathered into a buffer of `max_candidates` rows; if
-    there are more, a uniform random subset of that size (by `key`) is
-    clustered and `diagnostics["candidates_subsampled"]` says so."""
+    The candidates are gathered into a buffer of `max_candidates` rows, in
+    row order; if there are more, a uniform random subset of that size (by
+    `key`) is clustered and `diagnostics["candidates_subsampled"]` says so.
+    (Row order makes the buffer, and so the batch, the same as the sharded
+    selector's, which gathers the subset from every device.)"""
     n = candidates.shape[0]
     count = jnp.sum(candidates, dtype=jnp.int32)
     capacity = min(n, max_candidates)
@@ -68,7 +70,7 @@ def cluster_candidates(key, embeddings, candidates, budget: int, *, max_candidat
     idx = jax.lax.cond(
         count <= capacity,
         lambda: jnp.nonzero(candidates, size=capacity, fill_value=0)[0],
-        lambda: jax.lax.top_k(priority, capacity)[1],
+        lambda: jnp.sort(jax.lax.top_k(priority, capacity)[1]),
     ).astype(jnp.int32)
     n_valid = jnp.minimum(count, capacity)
     x = _normalise(embeddings[idx]) if normalise else embeddings[idx]

@@ -1,0 +1,69 @@
+"""The device mesh that selection and training share: one axis, "pool", over
+which pool rows (and training batches) are split.
+
+    mesh = pool_mesh()                      # every device of every process
+    x = put_rows(mesh, embeddings)          # [N, D] rows split over the devices
+
+`put_rows` builds the global array from a callback, so it works unchanged
+when several processes (hosts) share the mesh through `jax.distributed`:
+each process reads only the rows its own devices hold, from NumPy arrays or
+a memory-mapped `.npy`.
+"""
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+POOL_AXIS = "pool"
+
+
+def pool_mesh(devices=None, *, axis: str = POOL_AXIS) -> Mesh:
+    """A 1-D mesh over `devices` (default: `jax.devices()`, all processes).
+
+    The axis is Auto: jit's partitioner places what shard_map does not
+    place itself (random draws over the pool, small replicated arrays)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices: got an empty list; pass at least one device (or None for all)")
+    return jax.make_mesh((len(devices),), (axis,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def mesh_size(mesh: Mesh) -> int:
+    return int(np.prod(list(mesh.shape.values())))
+
+
+def row_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Rows (axis 0) split over every mesh axis, other axes whole."""
+    return NamedSharding(mesh, P(tuple(mesh.axis_names), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def padded_rows(n: int, multiple: int) -> int:
+    """n rounded up to a multiple of `multiple`."""
+    return -(-n // multiple) * multiple
+
+
+def put_rows(mesh: Mesh, array, *, rows: int | None = None, fill=0) -> jax.Array:
+    """`array` [N, ...] as a global array with rows split over the mesh,
+    padded with `fill` to `rows` (default: N rounded up to the mesh size).
+
+    Each process reads only the rows of its own devices, so `array` may be a
+    memory-mapped `.npy` larger than one process's memory."""
+    n = array.shape[0]
+    rows = padded_rows(n, mesh_size(mesh)) if rows is None else rows
+    if rows < n or rows % mesh_size(mesh):
+        raise ValueError(f"rows: got {rows}; expected >= {n} and a multiple of the mesh size {mesh_size(mesh)}")
+    shape = (rows, *array.shape[1:])
+
+    def shard(index):
+        start, stop, _ = index[0].indices(rows)
+        out = np.full((stop - start, *array.shape[1:]), fill, dtype=array.dtype)
+        real = max(0, min(stop, n) - start)
+        if real:
+            out[:real] = array[start:start + real]
+        return out
+
+    return jax.make_array_from_callback(shape, row_sharding(mesh, len(shape)), shard)

@@ -1,0 +1,245 @@
+"""Selection on a device mesh (alfamix_jax.sharded): the same batch on 1, 2, 4
+and 8 devices, in two processes, streamed from a file, and as the
+one-device selector. conftest.py gives this process 8 CPU devices."""
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sharded_cases import CASE, case_pool, run_case
+from support import count_compiles
+
+from alfamix_jax import make_alfamix_selector
+from alfamix_jax.mesh import pool_mesh, put_rows
+from alfamix_jax.sharded import global_top_k, make_sharded_selector
+
+DEVICE_COUNTS = (1, 2, 4, 8)
+EXACT_DIAGNOSTICS = ("caps_tried", "flips_per_cap", "union_per_cap", "flips_per_anchor", "num_candidates",
+                     "num_clustered", "num_from_candidates", "num_filled", "kmeans_iterations",
+                     "zero_gradient_rows", "candidates_subsampled", "rho_min", "rho_max")
+
+
+def mesh_of(k):
+    return pool_mesh(jax.devices()[:k])
+
+
+def assert_same(a, b, n=CASE["n"]):
+    np.testing.assert_array_equal(np.asarray(a.selected), np.asarray(b.selected))
+    np.testing.assert_array_equal(np.asarray(a.candidates)[:n], np.asarray(b.candidates)[:n])
+    for name in EXACT_DIAGNOSTICS:
+        np.testing.assert_array_equal(np.asarray(a.diagnostics[name]), np.asarray(b.diagnostics[name]), err_msg=name)
+
+
+def one_device(case=CASE, **settings):
+    x, labels, _, head = case_pool(case)
+    select = make_alfamix_selector(budget=case["budget"], num_classes=case["num_classes"],
+                                   block_size=case["block_size"], max_candidates=case["max_candidates"], **settings)
+    return select(jax.random.key(7), jnp.asarray(x), jnp.asarray(labels), head)
+
+
+def test_the_devices_are_there():
+    assert len(jax.devices()) >= 8, "conftest.py should give 8 CPU devices"
+
+
+@pytest.fixture(scope="module")
+def by_devices():
+    return {k: run_case(mesh_of(k)) for k in DEVICE_COUNTS}
+
+
+def test_same_selection_on_1_2_4_8_devices(by_devices):
+    first = by_devices[1]
+    d = first.diagnostics
+    # The case exercises every stage: more candidates than the k-means buffer, k-means, a valid batch.
+    assert int(d["num_candidates"]) > CASE["max_candidates"] and bool(d["candidates_subsampled"])
+    assert int(d["kmeans_iterations"]) > 0
+    selected = np.asarray(first.selected)
+    assert len(set(selected.tolist())) == CASE["budget"]
+    _, labels, _, _ = case_pool()
+    assert np.all(labels[selected] == -1)
+    for k in DEVICE_COUNTS[1:]:
+        assert_same(by_devices[k], first)
+
+
+def test_same_as_the_one_device_selector(by_devices):
+    """The mesh changes where rows are computed, not what is selected."""
+    assert_same(by_devices[4], one_device())
+
+
+def test_rerun_is_identical(by_devices):
+    assert_same(run_case(mesh_of(4)), by_devices[4])
+
+
+def test_the_candidate_count_is_global():
+    """The caps' early stop sees every device's candidates: a budget just below
+    the first cap's global count stops after one cap on every mesh, though no
+    single device holds that many."""
+    x, labels, _, head = case_pool()
+    first_cap = int(one_device().diagnostics["flips_per_cap"][0])
+    budget = first_cap - 1
+    for k in (1, 8):
+        mesh = mesh_of(k)
+        select = make_sharded_selector(mesh=mesh, budget=budget, num_classes=5, block_size=128, max_candidates=512)
+        result = select(jax.random.key(7), put_rows(mesh, x), labels, head)
+        assert int(result.diagnostics["caps_tried"]) == 1
+        assert int(result.diagnostics["num_candidates"]) == first_cap
+        per_device = np.asarray(result.candidates).reshape(k, -1).sum(axis=1)
+        if k == 8:
+            assert per_device.max() <= budget  # the stop could not have been decided locally
+
+
+def _mlp_head(params, z):
+    hidden = jnp.tanh(z @ params["w1"] + params["b1"])
+    return hidden @ params["w2"] + params["b2"]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(alpha="random"),
+    dict(linear_fast_path=False),
+    dict(diversity="top-alpha"),
+    dict(diversity="random"),
+    dict(mlp=True),
+], ids=["random-alpha", "general-closed-form", "top-alpha", "random-diversity", "mlp-head"])
+def test_other_paths_match_across_meshes_and_one_device(settings):
+    settings = dict(settings)
+    if settings.pop("mlp", False):
+        rng = np.random.default_rng(3)
+        params = dict(w1=jnp.asarray(rng.normal(size=(16, 32)), jnp.float32) * 0.5, b1=jnp.zeros(32),
+                      w2=jnp.asarray(rng.normal(size=(32, 5)), jnp.float32) * 0.5, b2=jnp.zeros(5))
+        settings["head_apply"] = _mlp_head
+        x, labels, _, _ = case_pool()
+        runs = []
+        for k in (1, 8):
+            mesh = mesh_of(k)
+            select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128,
+                                           max_candidates=256, **settings)
+            runs.append(select(jax.random.key(7), put_rows(mesh, x), labels, params))
+        reference = make_alfamix_selector(budget=40, num_classes=5, block_size=128, max_candidates=256,
+                                          **settings)(jax.random.key(7), jnp.asarray(x), jnp.asarray(labels), params)
+        assert int(reference.diagnostics["num_candidates"]) > 0
+    else:
+        runs = [run_case(mesh_of(k), **settings) for k in (1, 8)]
+        reference = one_device(**settings)
+    assert_same(runs[1], runs[0])
+    assert_same(runs[0], reference)
+
+
+def test_few_candidates_are_all_taken_then_filled():
+    case = dict(CASE, sep=2.0, budget=300, max_candidates=512)  # well separated: fewer candidates than the budget
+    reference = one_device(case)
+    assert 0 < int(reference.diagnostics["num_candidates"]) < 300
+    assert int(reference.diagnostics["num_filled"]) > 0
+    assert_same(run_case(mesh_of(8), case), reference)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_streamed_from_a_memory_mapped_file_is_the_same(tmp_path, by_devices, k):
+    x, labels, _, head = case_pool()
+    path = tmp_path / "pool.npy"
+    np.save(path, x)
+    mapped = np.load(path, mmap_mode="r")
+    mesh = mesh_of(k)
+    # A small block so the pool takes many streamed steps, with a padded last one.
+    select = make_sharded_selector(mesh=mesh, budget=CASE["budget"], num_classes=5, block_size=CASE["block_size"],
+                                   max_candidates=CASE["max_candidates"], prefetch=3)
+    streamed = select(jax.random.key(7), mapped, labels, head)
+    in_memory = make_sharded_selector(mesh=mesh, budget=CASE["budget"], num_classes=5,
+                                      block_size=CASE["block_size"], max_candidates=CASE["max_candidates"])
+    assert_same(streamed, in_memory(jax.random.key(7), put_rows(mesh, x), labels, head))
+    assert_same(streamed, by_devices[1])
+
+
+def test_global_top_k_matches_lax_top_k_with_ties():
+    values = jnp.asarray(np.random.default_rng(0).integers(0, 5, 64).astype(np.float32))  # many ties
+    want_v, want_i = jax.lax.top_k(values, 10)
+    for k in (1, 2, 4, 8):
+        mesh = mesh_of(k)
+        got_v, got_i = jax.shard_map(lambda v: global_top_k(v, 10, "pool"), mesh=mesh,
+                                     in_specs=jax.sharding.PartitionSpec("pool"),
+                                     out_specs=jax.sharding.PartitionSpec(), check_vma=False)(values)
+        np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+        np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
+
+
+def test_next_round_does_not_recompile():
+    x, labels, _, head = case_pool()
+    mesh = mesh_of(4)
+    select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
+    xs = put_rows(mesh, x)
+    first = select(jax.random.key(1), xs, labels, head)
+    labels = labels.copy()
+    labels[np.asarray(first.selected)] = 0  # label the batch: same labelled-buffer size bucket (80 -> 120 rows)
+    with count_compiles() as compiles:
+        select(jax.random.key(2), xs, labels, head)
+    assert compiles[0] == 0
+
+
+def test_bad_input_is_named():
+    x, labels, _, head = case_pool()
+    mesh = mesh_of(4)
+    select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
+    xs = put_rows(mesh, x)
+    with pytest.raises(ValueError, match="labels must be a 1-D NumPy integer array"):
+        select(jax.random.key(0), xs, jnp.asarray(labels), head)
+    with pytest.raises(ValueError, match="put_rows"):
+        select(jax.random.key(0), jnp.asarray(x[:2001]), labels[:2001], head)
+    with pytest.raises(ValueError, match="no labelled row"):
+        select(jax.random.key(0), xs, np.full_like(labels, -1), head)
+    with pytest.raises(ValueError, match=r"budget \(3000\) is larger"):
+        make_sharded_selector(mesh=mesh, budget=3000, num_classes=5, max_candidates=4096)(
+            jax.random.key(0), xs, labels, head)
+    with pytest.raises(ValueError, match="labels must be -1"):
+        select(jax.random.key(0), xs, np.where(labels == 0, 7, labels).astype(np.int32), head)
+    with pytest.raises(ValueError, match="streamed embeddings"):
+        make_sharded_selector(mesh=mesh, budget=40, num_classes=5, alpha="random")(jax.random.key(0), x, labels, head)
+    with pytest.raises(ValueError, match="max_candidates"):
+        make_sharded_selector(mesh=mesh, budget=40, num_classes=5, max_candidates=10)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_loopback_select_the_same_batch(tmp_path, by_devices):
+    """jax.distributed over loopback: 2 processes x 2 CPU devices, gloo collectives."""
+    out = tmp_path / "selection.npz"
+    worker = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", str(port), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    with np.load(out) as got:
+        assert int(got["devices"]) == 4
+        np.testing.assert_array_equal(got["selected"], np.asarray(by_devices[1].selected))
+        assert int(got["num_candidates"]) == int(by_devices[1].diagnostics["num_candidates"])
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_nan_rows_are_refused_with_their_row(streamed):
+    x, labels, _, head = case_pool()
+    unlabelled = int(np.flatnonzero(labels == -1)[5])
+    x = x.copy()
+    x[unlabelled, 3] = np.nan
+    mesh = mesh_of(2)
+    select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
+    with pytest.raises(ValueError, match=f"embeddings: row {unlabelled} "):
+        select(jax.random.key(0), x if streamed else put_rows(mesh, x), labels, head)
+    labelled = int(np.flatnonzero(labels >= 0)[0])
+    x[unlabelled, 3] = 0.0
+    x[labelled, 0] = np.inf
+    with pytest.raises(ValueError, match="a labelled row holds NaN/inf"):
+        select(jax.random.key(0), x if streamed else put_rows(mesh, x), labels, head)
