@@ -12,7 +12,7 @@ def compute_anchors(embeddings, labels, num_classes: int):
     labelled set grows.
     """
     one_hot = jax.nn.one_hot(labels, num_classes, dtype=embeddings.dtype)  # [N, C]; -1 -> zeros
-    sums = one_hot.T @ embeddings  # [C, D], the one pass over the pool
+    sums = jnp.dot(one_hot.T, embeddings, precision="highest")  # [C, D], the one pass (float32, not TF32)
     counts = one_hot.sum(axis=0)  # [C]
     # Every labelled row is in exactly one class, so the class sums add up to
     # the labelled sum: no second pass for the all-labelled mean.

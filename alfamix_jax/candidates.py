@@ -169,7 +169,11 @@ def flip_thresholds(embeddings, head: LinearHead, anchors):
     """
     w, b = head.weight, head.bias
     num_classes = w.shape[0]
-    proj = embeddings @ jnp.concatenate([w, anchors]).T  # [N, C + K], one pass over the pool
+    # precision="highest": float32 products on GPUs too. XLA's GPU default is TF32, whose logits
+    # err by about 1e-2 here and would move flip decisions against the original's float32 code.
+    proj = jnp.dot(embeddings, jnp.concatenate([w, anchors]).T, precision="highest")  # [N, C + K], one read
+    sq_u = jnp.sum(embeddings * embeddings, axis=-1)  # [N]: a second read of the pool (XLA cannot fuse it
+    # into the matmul; a fused Pallas kernel was tried, see README "Scale-out", and gained 2%)
     logits, u_dot_a = proj[:, :num_classes] + b, proj[:, num_classes:]
     pseudo = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -178,7 +182,7 @@ def flip_thresholds(embeddings, head: LinearHead, anchors):
     delta = jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(pseudo, num_classes, dtype=logits.dtype)  # [N, C]
     scale = jnp.max(jnp.abs(delta), axis=-1, keepdims=True)
     delta = delta / jnp.where(scale > 0, scale, 1.0)  # exact in direction, no underflow below
-    delta_gram = delta @ (w @ w.T)  # [N, C]
+    delta_gram = jnp.dot(delta, jnp.dot(w, w.T, precision="highest"), precision="highest")  # [N, C]
     grad_norm = jnp.sqrt(jnp.maximum(jnp.sum(delta_gram * delta, axis=-1, keepdims=True), 0.0))
     has_direction = grad_norm[:, 0] > 0
     s = delta_gram / jnp.where(grad_norm > 0, grad_norm, 1.0)  # [N, C] = g . W_c
@@ -192,9 +196,8 @@ def flip_thresholds(embeddings, head: LinearHead, anchors):
     overtake = jnp.where(rises, (l_p - logits) / jnp.where(rises, rate, 1.0), jnp.inf)
     t_star = jnp.min(overtake, axis=-1)  # [N]
 
-    sq_u = jnp.sum(embeddings * embeddings, axis=-1, keepdims=True)
     sq_a = jnp.sum(anchors * anchors, axis=-1)
-    dist = jnp.sqrt(jnp.maximum(sq_u - 2.0 * u_dot_a + sq_a, 0.0))  # [N, K]
+    dist = jnp.sqrt(jnp.maximum(sq_u[:, None] - 2.0 * u_dot_a + sq_a, 0.0))  # [N, K]
     e = t_star[:, None] / dist  # inf where t* is inf or the row sits on the anchor
     return pseudo, has_direction, e, jnp.all(jnp.isfinite(proj), axis=-1)
 

@@ -1,6 +1,7 @@
 """`alfamix-jax`: the command line.
 
     alfamix-jax select --input POOL.npz --budget B --output OUT.npz
+    alfamix-jax select --input HEAD.npz --embeddings POOL.npy --budget B --output OUT.npz
     alfamix-jax run --config CONFIG --workdir DIR [--set key.path=value ...]
     alfamix-jax report DIR [DIR ...]
 
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from alfamix_jax.io import load_pool, save_npz_atomic
+from alfamix_jax.io import load_pool, open_embeddings, save_npz_atomic
 from alfamix_jax.validation import validate_pool
 
 PROG = "alfamix-jax"
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most candidates k-means clusters (a random subset beyond; diagnostics say so)")
     sel.add_argument("--no-compile-cache", action="store_true",
                      help="do not use the persistent XLA compilation cache")
+    sel.add_argument("--embeddings", default=None, metavar="POOL.npy",
+                     help="embeddings [N,D] as a .npy, memory-mapped and streamed through the devices in blocks "
+                     "(pools larger than memory); --input then needs only labels, head_weight, head_bias. "
+                     "Closed-form alpha, default compat")
+    sel.add_argument("--devices", type=_positive_int("--devices"), default=None,
+                     help="with --embeddings: how many of this host's devices the mesh spans (default: all)")
+    sel.add_argument("--stream-block-size", type=_positive_int("--stream-block-size"), default=65536,
+                     help="with --embeddings: rows per device per streamed block (default 65536)")
 
     run = sub.add_parser("run", help="run (or resume) an active-learning experiment from a config")
     run.add_argument("--config", required=True,
@@ -108,9 +117,35 @@ def _enable_compile_cache():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
+def _streamed_selector(args, num_classes):
+    """The sharded selector over this host's devices, for --embeddings."""
+    if args.alpha != "closed-form" or args.compat != "default":
+        raise ValueError("--embeddings streams the pool with the closed-form alpha and default compat; "
+                         "drop --alpha/--compat, or pass the embeddings inside --input")
+    import jax
+
+    from alfamix_jax.mesh import pool_mesh
+    from alfamix_jax.sharded import make_sharded_selector
+
+    local = jax.local_devices()
+    if args.devices is not None and args.devices > len(local):
+        raise ValueError(f"--devices {args.devices}: this host has {len(local)} device(s)")
+    mesh = pool_mesh(local[: args.devices or len(local)])
+    return make_sharded_selector(
+        mesh=mesh, budget=args.budget, num_classes=num_classes, alpha_cap_step=args.alpha_cap_step,
+        block_size=args.block_size, stream_block_size=args.stream_block_size,
+        max_candidates=max(args.max_candidates, args.budget),
+    )
+
+
 def run_select(args) -> dict:
-    pool = load_pool(args.input)
-    validate_pool(pool["embeddings"], pool["labels"], pool["head_weight"], pool["head_bias"], budget=args.budget)
+    if args.embeddings is None:
+        pool = load_pool(args.input)
+    else:
+        pool = load_pool(args.input, keys=("labels", "head_weight", "head_bias"))
+        pool["embeddings"] = open_embeddings(args.embeddings)
+    validate_pool(pool["embeddings"], pool["labels"], pool["head_weight"], pool["head_bias"], budget=args.budget,
+                  scan_embeddings=args.embeddings is None)
     if not args.no_compile_cache:
         _enable_compile_cache()
     import jax
@@ -119,14 +154,19 @@ def run_select(args) -> dict:
     from alfamix_jax import LinearHead, make_alfamix_selector
 
     num_classes = pool["head_weight"].shape[0]
-    select = make_alfamix_selector(
-        budget=args.budget, num_classes=num_classes, alpha=args.alpha, compat=args.compat,
-        alpha_cap_step=args.alpha_cap_step, block_size=args.block_size,
-        max_candidates=max(args.max_candidates, args.budget),
-    )
     key = jax.random.key(args.seed)
-    embeddings = jnp.asarray(pool["embeddings"], jnp.float32)
-    labels = jnp.asarray(pool["labels"], jnp.int32)
+    if args.embeddings is None:
+        select = make_alfamix_selector(
+            budget=args.budget, num_classes=num_classes, alpha=args.alpha, compat=args.compat,
+            alpha_cap_step=args.alpha_cap_step, block_size=args.block_size,
+            max_candidates=max(args.max_candidates, args.budget),
+        )
+        embeddings = jnp.asarray(pool["embeddings"], jnp.float32)
+        labels = jnp.asarray(pool["labels"], jnp.int32)
+    else:
+        select = _streamed_selector(args, num_classes)
+        embeddings = pool["embeddings"]  # memory-mapped: read block by block
+        labels = np.asarray(pool["labels"], np.int32)
     head = LinearHead(jnp.asarray(pool["head_weight"], jnp.float32), jnp.asarray(pool["head_bias"], jnp.float32))
 
     def timed():
@@ -138,7 +178,7 @@ def run_select(args) -> dict:
     steady = [timed()[1] for _ in range(args.repeat)]
     out = dict(
         selected=np.asarray(result.selected).astype(np.int64),
-        candidates=np.asarray(result.candidates),
+        candidates=np.asarray(result.candidates)[: pool["labels"].shape[0]],  # the mesh pads rows past N
         **{name: np.asarray(value) for name, value in result.diagnostics.items()},
     )
     if args.repeat:

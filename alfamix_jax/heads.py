@@ -22,7 +22,7 @@ class LinearHead(NamedTuple):
 
 def linear_head_apply(params: LinearHead, z: jax.Array) -> jax.Array:
     """z: [N, D] -> logits [N, C]."""
-    return z @ params.weight.T + params.bias
+    return jnp.dot(z, params.weight.T, precision="highest") + params.bias  # float32, not TF32, on GPUs
 
 
 def pseudo_labels(head_apply: HeadApply, head_params, z: jax.Array) -> jax.Array:

@@ -8,22 +8,22 @@ import numpy as np
 POOL_KEYS = ("embeddings", "labels", "head_weight", "head_bias")
 
 
-def load_pool(path: str) -> dict[str, np.ndarray]:
-    """Read the four pool arrays from an .npz. Never unpickles (object
-    arrays are refused). Raises ValueError naming the file or key."""
+def load_pool(path: str, keys: tuple[str, ...] = POOL_KEYS) -> dict[str, np.ndarray]:
+    """Read the pool arrays named by `keys` from an .npz. Never unpickles
+    (object arrays are refused). Raises ValueError naming the file or key."""
     if not os.path.isfile(path):
         raise ValueError(f"--input {path!r}: no such file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise ValueError(f"--input {path!r}: not an .npz archive (a single .npy array?)")
-            missing = [k for k in POOL_KEYS if k not in npz.files]
+            missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise ValueError(
-                    f"--input {path!r}: missing key(s) {', '.join(missing)}; expected {', '.join(POOL_KEYS)}"
+                    f"--input {path!r}: missing key(s) {', '.join(missing)}; expected {', '.join(keys)}"
                 )
             pool = {}
-            for key in POOL_KEYS:
+            for key in keys:
                 try:
                     pool[key] = npz[key]
                 except ValueError as e:  # object arrays need pickle
@@ -52,3 +52,20 @@ def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def open_embeddings(path: str) -> np.ndarray:
+    """A `.npy` of embeddings [N, D], memory-mapped (read-only): nothing is
+    read until rows are used, so the file may exceed memory. Raises
+    ValueError naming --embeddings."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--embeddings {path!r}: no such file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"--embeddings {path!r}: not a readable .npy file ({e})") from e
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"--embeddings {path!r}: an .npz archive; pass one .npy array [N, D]")
+    if array.ndim != 2 or array.dtype.kind != "f":
+        raise ValueError(f"--embeddings {path!r}: expected a float array [N, D], got {array.dtype} {array.shape}")
+    return array

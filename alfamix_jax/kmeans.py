@@ -45,7 +45,8 @@ def _block_rows(m, size, n_valid, j):
 def _sq_dists(x, sq_x, centres):
     """[b, D], [b], [k, D] -> squared distances [b, k]."""
     sq_c = jnp.sum(centres * centres, axis=-1)
-    return jnp.maximum(sq_x[:, None] - 2.0 * (x @ centres.T) + sq_c[None, :], 0.0)
+    # precision="highest": float32 products on GPUs too (their default is TF32), as the reference computes.
+    return jnp.maximum(sq_x[:, None] - 2.0 * jnp.dot(x, centres.T, precision="highest") + sq_c[None, :], 0.0)
 
 
 def _seed(key, x, n_valid, k: int):
@@ -123,14 +124,28 @@ def _block_stats(x, sq_x, n_valid, centres, size, j) -> _PassStats:
     w = fresh.astype(x.dtype)
     block_d = jax.ops.segment_min(own, a, num_segments=k)
     is_min = fresh & (own == block_d[a])
+    sums, counts = _cluster_sums(xb * w[:, None], w, a, k)
     return _PassStats(
-        sums=jax.ops.segment_sum(xb * w[:, None], a, num_segments=k),
-        counts=jax.ops.segment_sum(w, a, num_segments=k),
+        sums=sums,
+        counts=counts,
         best_d=block_d,
         best_i=jax.ops.segment_min(jnp.where(is_min, rows, m), a, num_segments=k),
         inertia=jnp.sum(jnp.where(fresh, own, 0.0)),
         assignment=a,
     )
+
+
+def _cluster_sums(xw, w, a, k: int):
+    """Per-cluster sums of the rows xw [b, D] and of their weights w [b].
+
+    On CPU a scatter-add (segment_sum) adds rows in order. On GPUs XLA's
+    scatter-add uses atomics, whose order (and so the float sums' last bits)
+    changes from run to run; a one-hot matmul there costs one more [b, k, D]
+    product but gives the same bits every run."""
+    if jax.default_backend() == "cpu":
+        return jax.ops.segment_sum(xw, a, num_segments=k), jax.ops.segment_sum(w, a, num_segments=k)
+    one_hot = jax.nn.one_hot(a, k, dtype=xw.dtype)  # [b, k]
+    return jnp.dot(one_hot.T, xw, precision="highest"), jnp.dot(one_hot.T, w, precision="highest")
 
 
 def _combine(total: _PassStats, block: _PassStats, j, size, n_valid) -> _PassStats:

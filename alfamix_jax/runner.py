@@ -77,6 +77,9 @@ def check_config(config: ExperimentConfig) -> None:
         check_train_config(config.train)
     except ValueError as e:
         raise ValueError(f"train.{e}") from None
+    if config.train.data_parallel and config.train.batch_size % jax.device_count():
+        raise ValueError(f"train.batch_size {config.train.batch_size} must be a multiple of the {jax.device_count()} "
+                         "devices with train.data_parallel (each device trains on an equal share of a batch)")
     if not 0 < config.train.stop_accuracy <= 1:  # the trainer also takes > 1 (never stop); a config may not
         raise ValueError(f"train.stop_accuracy must be in (0, 1], got {config.train.stop_accuracy}")
     if config.alfamix.compat not in ("default", "reference"):
@@ -210,6 +213,7 @@ def make_workbench(config: ExperimentConfig, log: Callable[[str], None] = print)
     from flax import nnx
 
     from alfamix_jax.data import load_dataset
+    from alfamix_jax.mesh import pool_mesh, replicated
     from alfamix_jax.models import make_model
     from alfamix_jax.training import make_trainer
 
@@ -224,12 +228,17 @@ def make_workbench(config: ExperimentConfig, log: Callable[[str], None] = print)
                           rngs=nnx.Rngs(params=0), embed_dim=config.model.embed_dim, dropout=config.model.dropout)
     loop = config.loop
     final_labelled = loop.initial_size + sum(loop.budget_at(r) for r in range(1, loop.rounds + 1))
+    # data_parallel: train on a mesh of every device, the arrays replicated on it once.
+    mesh = pool_mesh() if config.train.data_parallel else None
+    placement = None if mesh is None else replicated(mesh)
     # max_labelled bounds each epoch's shuffle buffer (the pool itself can be 100x larger).
-    trainer = make_trainer(template, config.train, pool_size=len(data.y_train), max_labelled=final_labelled)
+    trainer = make_trainer(template, config.train, pool_size=len(data.y_train), max_labelled=final_labelled,
+                           mesh=mesh)
     return Workbench(
-        config=config, x_train=jax.device_put(data.x_train), y_train=np.asarray(data.y_train),
-        y_train_device=jax.device_put(np.asarray(data.y_train, np.int32)),
-        x_test=jax.device_put(data.x_test), y_test=jax.device_put(np.asarray(data.y_test, np.int32)),
+        config=config, x_train=jax.device_put(data.x_train, placement), y_train=np.asarray(data.y_train),
+        y_train_device=jax.device_put(np.asarray(data.y_train, np.int32), placement),
+        x_test=jax.device_put(data.x_test, placement),
+        y_test=jax.device_put(np.asarray(data.y_test, np.int32), placement),
         num_classes=data.num_classes,
         trainer=trainer, initial_states={}, strategies={},
     )
@@ -240,7 +249,8 @@ def describe_training(config: ExperimentConfig) -> str:
     optimiser = f"{t.optimizer} lr {t.learning_rate:g}" + (f" momentum {t.momentum:g}" if t.optimizer == "sgd" else "")
     start = "warm-started from the previous round" if t.warm_start else "re-initialised to the same weights each round"
     return (f"training: {config.model.name}, {optimiser}, weight decay {t.weight_decay:g}, batch {t.batch_size}, "
-            f"up to {t.max_epochs} epochs, stop at training accuracy {t.stop_accuracy:g}, {start}")
+            f"up to {t.max_epochs} epochs, stop at training accuracy {t.stop_accuracy:g}, {start}"
+            + (f", data-parallel over {jax.device_count()} devices" if t.data_parallel else ""))
 
 
 # --------------------------------------------------------------------------- one run

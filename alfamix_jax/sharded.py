@@ -107,6 +107,7 @@ def make_sharded_selector(
     kmeans_block_size: int | None = None,
     linear_fast_path: bool = True,
     diversity: str = "kmeans",
+    stream_block_size: int | None = None,
     prefetch: int = 2,
 ):
     """Build `select(key, embeddings, labels, head_params) -> Selection` on `mesh`.
@@ -116,7 +117,11 @@ def make_sharded_selector(
       `.npy` [N, D] to stream through the devices (linear head, closed form).
     labels: NumPy [N] int, -1 = unlabelled; the same array on every process.
     Settings as in `make_alfamix_selector` (default compat). block_size: rows
-    per device per step of the search (and per streamed block per device).
+    per device per step of the in-memory search: small blocks suit CPU caches;
+    on a GPU, a block as large as the shard lets the search read the pool in
+    one pass (a sliced block is copied first). stream_block_size: rows per
+    device per block read from the host (default: block_size); prefetch:
+    blocks read ahead.
     Returns the `Selection` of the single-device selector; `candidates` is
     [N'] sharded over the mesh (padding rows False).
     """
@@ -125,7 +130,8 @@ def make_sharded_selector(
     if diversity not in SHARDED_DIVERSITY:
         raise ValueError(f"diversity must be one of {SHARDED_DIVERSITY}, got {diversity!r}")
     for name, value in (("budget", budget), ("num_classes", num_classes), ("block_size", block_size),
-                        ("max_candidates", max_candidates), ("prefetch", prefetch)):
+                        ("max_candidates", max_candidates), ("prefetch", prefetch),
+                        ("stream_block_size", stream_block_size or block_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if max_candidates < budget:
@@ -134,6 +140,7 @@ def make_sharded_selector(
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh must have one axis (pool rows), got axes {mesh.axis_names}; use mesh.pool_mesh()")
     devices = mesh_size(mesh)
+    stream_block_size = stream_block_size or block_size
     caps = make_caps(alpha_cap_step, "default")
     num_caps = len(caps)
     use_fast_path = linear_fast_path and head_apply is None and alpha == "closed-form"
@@ -193,7 +200,10 @@ def make_sharded_selector(
             jnp.zeros((num_caps + 1, anchors.shape[0]), jnp.int32),
             jnp.int32(NO_ROW),
         )
-        first, direction, row_hist, anchor_hist, first_bad = jax.lax.fori_loop(0, num_blocks, body, init)
+        if num_blocks == 1:  # the whole shard in one block: no loop, so XLA fuses across the whole search
+            first, direction, row_hist, anchor_hist, first_bad = body(0, init)
+        else:
+            first, direction, row_hist, anchor_hist, first_bad = jax.lax.fori_loop(0, num_blocks, body, init)
         return (first, direction, jax.lax.psum(row_hist, axis), jax.lax.psum(anchor_hist, axis),
                 jax.lax.pmin(first_bad, axis))
 
@@ -253,20 +263,18 @@ def make_sharded_selector(
         """One pass over `source` [N, D] (NumPy / memmap) in blocks of
         devices * block_size rows, reading ahead on a background thread."""
         n, dim = source.shape
-        step = devices * min(block_size, max(1, rows_total // devices))
+        step = devices * min(stream_block_size, max(1, rows_total // devices))
         starts = start_rows = list(range(0, rows_total, step))
         eps = eps_for(dim)
         lock = threading.Lock()
 
         def read(start):
             stop = min(start + step, n)
-            chunk = np.zeros((step, dim), np.float32)
-            if stop > start:
-                with lock:  # one reader at a time keeps the file read sequential
-                    chunk[: stop - start] = source[start:stop]
+            with lock:  # one reader at a time keeps the file read sequential
+                rows = np.asarray(source[start:stop], np.float32)  # a view when it can be (float32 in RAM)
+                chunk = put_rows(mesh, rows, rows=step)  # pads the last block; the transfer starts here
             block_labels = labels_padded[start:start + step]
-            return put_rows(mesh, chunk), put_rows(mesh, np.pad(block_labels, (0, step - block_labels.size),
-                                                                constant_values=PAD_LABEL))
+            return chunk, put_rows(mesh, block_labels, rows=step, fill=PAD_LABEL)
 
         firsts, directions = [], []
         row_hist = anchor_hist = 0
@@ -428,6 +436,19 @@ def make_sharded_selector(
         if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
             raise ValueError("head_params: weight or bias holds NaN/inf")
 
+    def class_anchors(embeddings, labels):
+        """[C, D] replicated: the labelled rows gathered (from the mesh or the
+        host array) into a buffer in row order, then their class means."""
+        labelled_rows, labelled_y = labelled_buffer(labels)
+        if isinstance(embeddings, jax.Array):
+            x_labelled = gather_rows(embeddings, jnp.asarray(labelled_rows))
+        else:
+            x_labelled = jnp.asarray(np.asarray(embeddings[labelled_rows], np.float32))
+        if not bool(jnp.all(jnp.isfinite(x_labelled))):
+            raise ValueError("embeddings: a labelled row holds NaN/inf, so the class anchors would too; "
+                             "remove or impute it")
+        return anchors_from(x_labelled, jnp.asarray(labelled_y))
+
     def select(key, embeddings, labels, head_params) -> Selection:
         check(embeddings, labels)
         check_head(head_params, embeddings.shape[1])
@@ -438,15 +459,7 @@ def make_sharded_selector(
         labels_padded[:n] = labels
         labels_on_mesh = put_rows(mesh, labels_padded)
 
-        labelled_rows, labelled_y = labelled_buffer(labels)
-        if streamed:
-            x_labelled = jnp.asarray(np.asarray(embeddings[labelled_rows], np.float32))
-        else:
-            x_labelled = gather_rows(embeddings, jnp.asarray(labelled_rows))
-        if not bool(jnp.all(jnp.isfinite(x_labelled))):
-            raise ValueError("embeddings: a labelled row holds NaN/inf, so the class anchors would too; "
-                             "remove or impute it")
-        anchors = anchors_from(x_labelled, jnp.asarray(labelled_y))
+        anchors = class_anchors(embeddings, labels)
 
         if streamed:
             found, first_bad = search_streamed(embeddings, labels_padded, head_params, anchors, rows_total)
@@ -494,6 +507,9 @@ def make_sharded_selector(
         )
         return Selection(selected, found.candidates, diagnostics)
 
-    select.stages = dict(search=search_in_memory, choose_buffer=choose_buffer, gather_buffer=gather_buffer,
-                         cluster=cluster, fill=fill, stream_block=stream_block)
+    # The stages, for benchmarks and `.lower(...)`: anchors(embeddings, labels) -> [C, D];
+    # search(key, embeddings, labels_on_mesh, head, anchors) -> (SearchResult, first bad row); then
+    # choose_buffer -> gather_buffer -> cluster -> fill, as `select` calls them.
+    select.stages = dict(anchors=class_anchors, search=search_in_memory, choose_buffer=choose_buffer,
+                         gather_buffer=gather_buffer, cluster=cluster, fill=fill, stream_block=stream_block)
     return select

@@ -19,6 +19,12 @@ Unlabelled rows are never read into a batch, so their contents and labels do not
 The model is split once into a static graphdef (train and eval views) and plain state pytrees;
 `TrainState` holds only arrays, so orbax saves and restores it exactly. Dropout keys are folded
 from the key given to `train` (epoch, batch): a fit is a pure function of its inputs.
+
+Data parallel (`mesh=`, the 1-D "pool" mesh of alfamix_jax.mesh that selection uses): the state
+is replicated over the mesh and every batch is split over it along rows, by sharding constraints
+inside the jitted step, so XLA's partitioner computes per-device gradients and all-reduces them
+(jit + NamedSharding, no pmap). The fit is the same function (dropout masks are partitionable
+threefry draws, equal under any sharding); only the order of float sums changes.
 """
 import dataclasses
 import math
@@ -30,8 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from alfamix_jax.heads import LinearHead, linear_head_apply
+from alfamix_jax.mesh import mesh_size, padded_rows, replicated, row_sharding
 from alfamix_jax.models import linear_head_params
 
 OPTIMIZERS = ("adam", "sgd")
@@ -54,6 +62,10 @@ class TrainConfig:
     # CPU, device otherwise. XLA:CPU runs convolutions inside loop bodies about 40x slower than
     # at top level (ResNet-18, batch 16: 0.5 s per step standalone, 19 s inside fori_loop/scan).
     loop: str = "auto"
+    # True: the runner trains and evaluates data-parallel on a pool_mesh() over all devices (the
+    # mesh selection uses), see make_trainer(mesh=...); batch_size must then be a multiple of the
+    # device count. Results match the single-device fit up to float summation order.
+    data_parallel: bool = False
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -74,6 +86,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"eval_batch_size: got {cfg.eval_batch_size}; expected >= 1")
     if cfg.loop not in LOOPS:
         raise ValueError(f"loop: got {cfg.loop!r}; expected one of {', '.join(LOOPS)}")
+    if not isinstance(cfg.data_parallel, bool):
+        raise ValueError(f"data_parallel: got {cfg.data_parallel!r}; expected True or False")
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -123,10 +137,16 @@ def _layout(tree) -> list:
 class Trainer:
     """Fits one model family on a fixed-size pool; see `make_trainer`."""
 
-    def __init__(self, model: nnx.Module, cfg: TrainConfig, *, pool_size: int, max_labelled: int | None = None):
+    def __init__(self, model: nnx.Module, cfg: TrainConfig, *, pool_size: int, max_labelled: int | None = None,
+                 mesh: Mesh | None = None):
         check_train_config(cfg)
         if pool_size < 1:
             raise ValueError(f"pool_size: got {pool_size}; expected >= 1")
+        if mesh is not None and cfg.batch_size % mesh_size(mesh):
+            raise ValueError(
+                f"batch_size: got {cfg.batch_size}; expected a multiple of the mesh size {mesh_size(mesh)} "
+                "(each device trains on batch_size / mesh size rows of every batch)"
+            )
         if max_labelled is None:
             max_labelled = pool_size
         if not 1 <= max_labelled <= pool_size:
@@ -135,6 +155,7 @@ class Trainer:
         self.cfg = cfg
         self.pool_size = pool_size
         self.max_labelled = max_labelled
+        self.mesh = mesh
         self.num_classes = int(model.num_classes)
         self.optimizer = make_optimizer(cfg)
         views = {
@@ -175,7 +196,7 @@ class Trainer:
             own = nnx.split(self.model, nnx.Param, nnx.BatchStat)[1:]
             if _layout((params, batch_stats)) != _layout(own):
                 raise ValueError("model: a different architecture from the trainer's; make a trainer for it")
-        return TrainState(params, batch_stats, self.optimizer.init(params))
+        return self._put(TrainState(params, batch_stats, self.optimizer.init(params)))
 
     def merge(self, state: TrainState, *, train: bool = False) -> nnx.Module:
         """A model (eval view unless train=True) carrying `state`'s weights."""
@@ -187,15 +208,48 @@ class Trainer:
 
     head_apply = staticmethod(linear_head_apply)
 
+    # ---- mesh placement (all no-ops without a mesh) ---------------------------------------
+    def _put(self, tree):
+        """Outside jit: leaves already on the mesh's devices (e.g. rows split by put_rows) stay
+        as they are, the rest are replicated over the mesh, so one jitted program sees them all."""
+        if self.mesh is None:
+            return tree
+        devices, whole = set(self.mesh.devices.flat), replicated(self.mesh)
+
+        def put(a):
+            return a if isinstance(a, jax.Array) and a.sharding.device_set == devices else jax.device_put(a, whole)
+
+        return jax.tree.map(put, tree)
+
+    def _split_rows(self, a):
+        """Inside jit: `a` [B, ...] split over the mesh along rows (a batch, an eval block)."""
+        return a if self.mesh is None else jax.lax.with_sharding_constraint(a, row_sharding(self.mesh, a.ndim))
+
+    def _replicate(self, tree):
+        """Inside jit: every leaf whole on every device (params, optimiser state)."""
+        return tree if self.mesh is None else jax.lax.with_sharding_constraint(tree, replicated(self.mesh))
+
+    def _pool_rows(self) -> tuple[int, ...]:
+        """Row counts accepted for the pool x and y: pool_size, or (on a mesh) pool_size padded
+        to a multiple of the mesh size, as `alfamix_jax.mesh.put_rows` lays it out."""
+        if self.mesh is None:
+            return (self.pool_size,)
+        return tuple(sorted({self.pool_size, padded_rows(self.pool_size, mesh_size(self.mesh))}))
+
     # ---- training ---------------------------------------------------------------------------
     def train(self, state: TrainState, x, y, labelled, key) -> tuple[TrainState, TrainStats]:
         """Fits on the labelled rows. x: [N, ...] float32 pool, y: [N] int (unlabelled rows'
         values are never read), labelled: [N] bool, key: a PRNG key. Keep x on device between
-        calls (jax.device_put once) so the pool is not copied per fit."""
-        n = self.pool_size
-        if x.shape[0] != n:
-            raise ValueError(f"x: got {x.shape[0]} rows; expected pool_size={n}")
-        if tuple(y.shape) != (n,) or tuple(labelled.shape) != (n,):
+        calls (jax.device_put once) so the pool is not copied per fit.
+
+        With a mesh, keep x on the mesh, replicated (jax.device_put(x, replicated(mesh))) or
+        split by rows (put_rows(mesh, x); x and y may then carry its padding rows, never read),
+        both from alfamix_jax.mesh. Anything else is replicated over the mesh on every call."""
+        n, rows = self.pool_size, self._pool_rows()
+        if x.shape[0] not in rows:
+            raise ValueError(f"x: got {x.shape[0]} rows; expected pool_size={n}" + (
+                f" (or {rows[-1]}, padded to the mesh)" if len(rows) > 1 else ""))
+        if len(y.shape) != 1 or y.shape[0] not in rows or tuple(labelled.shape) != (n,):
             raise ValueError(f"y, labelled: got shapes {tuple(y.shape)}, {tuple(labelled.shape)}; expected ({n},)")
         mask = np.asarray(labelled)
         if mask.dtype != np.bool_:
@@ -203,17 +257,17 @@ class Trainer:
         count = int(mask.sum())
         if not 1 <= count <= self.max_labelled:
             raise ValueError(f"labelled: {count} rows marked; expected between 1 and max_labelled={self.max_labelled}")
-        y_lab = np.asarray(y)[mask]
+        y_lab = np.asarray(y)[:n][mask]
         if y_lab.min() < 0 or y_lab.max() >= self.num_classes:
             raise ValueError(
                 f"y: labelled rows have labels in [{y_lab.min()}, {y_lab.max()}]; expected [0, {self.num_classes})"
             )
         min_correct = min_correct_to_stop(self.cfg.stop_accuracy, count)
-        args = (state, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32), jnp.asarray(mask), key)
+        args = self._put((state, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32), jnp.asarray(mask), key))
         if self.loop == "host":
             state, epochs, correct = self._fit_on_host(*args, count=count, min_correct=min_correct)
         else:
-            state, epochs, correct = self._fit(*args, jnp.asarray(min_correct, jnp.int32))
+            state, epochs, correct = self._fit(*args, self._put(jnp.asarray(min_correct, jnp.int32)))
         epochs, correct = jax.device_get((epochs, correct))
         return state, TrainStats(int(epochs), int(correct) / count)
 
@@ -243,19 +297,21 @@ class Trainer:
 
     def _step_impl(self, inner, x, y, order, count, b, dropout_key):
         """One optimiser step on batch `b` of the epoch's order; inner = (params, batch_stats,
-        opt_state, correct so far this epoch)."""
+        opt_state, correct so far this epoch). On a mesh the batch's rows are split over the
+        devices and the state stays replicated: XLA all-reduces the gradients."""
         params, batch_stats, opt_state, correct = inner
         batch = self.cfg.batch_size
-        position = b * batch + jnp.arange(batch, dtype=jnp.int32)  # [B]
+        position = self._split_rows(b * batch + jnp.arange(batch, dtype=jnp.int32))  # [B]
         valid = position < count
         rows = order[position % count]  # wrap the tail onto the epoch's first rows
-        xb, yb = x[rows], y[rows]
+        xb, yb = self._split_rows(x[rows]), self._split_rows(y[rows])  # [B, ...], [B]
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         (_, (logits, batch_stats)), grads = grad_fn(
             params, batch_stats, xb, yb, valid.astype(jnp.float32), jax.random.fold_in(dropout_key, b)
         )
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        params, batch_stats, opt_state = self._replicate((params, batch_stats, opt_state))
         correct += jnp.sum((jnp.argmax(logits, axis=-1) == yb) & valid, dtype=jnp.int32)
         return params, batch_stats, opt_state, correct
 
@@ -304,42 +360,46 @@ class Trainer:
 
     # ---- evaluation -------------------------------------------------------------------------
     def _eval_impl(self, params, batch_stats, x, outputs: str):
-        """Eval mode over fixed blocks of min(eval_batch_size, M) rows; the last block is
-        shifted back to end at row M (overlapping the one before) instead of padding the pool."""
+        """Eval mode over fixed blocks of rows (see `_blocks`); the last block is shifted back to
+        end at the last row (overlapping the one before) instead of padding the pool."""
         m = x.shape[0]
-        block, n_blocks = self._blocks(m)
+        rows, block, n_blocks = self._blocks(m)
+        x = _pad_rows(x, rows)
 
         def run_block(i):
-            xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(i * block, m - block), block, axis=0)
+            xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(i * block, rows - block), block, axis=0)
             return self._eval_block_impl(params, batch_stats, xb)
 
         zs, logits = jax.lax.map(run_block, jnp.arange(n_blocks))  # [n_blocks, block, D], [n_blocks, block, C]
-        return _select_outputs(_unblock(zs, m), _unblock(logits, m), outputs)
+        return _select_outputs(_unblock(zs, m, rows), _unblock(logits, m, rows), outputs)
 
     def _eval_block_impl(self, params, batch_stats, xb):
         model = nnx.merge(self._graphdef_eval, params, batch_stats)
-        z = model.embed(xb)  # [block, D]
+        z = model.embed(self._split_rows(xb))  # [block, D]
         return z, model.head(z)
 
     def _eval_on_host(self, params, batch_stats, x, outputs: str):
         """`_eval_impl` with the loop over blocks in Python (see TrainConfig.loop)."""
         m = x.shape[0]
-        block, n_blocks = self._blocks(m)
-        starts = [min(i * block, m - block) for i in range(n_blocks)]
+        rows, block, n_blocks = self._blocks(m)
+        x = _pad_rows(x, rows)
+        starts = [min(i * block, rows - block) for i in range(n_blocks)]
         parts = [self._eval_block(params, batch_stats, jax.lax.dynamic_slice_in_dim(x, s, block)) for s in starts]
         zs, logits = (jnp.stack([p[k] for p in parts]) for k in (0, 1))  # [n_blocks, block, ...]
-        return _select_outputs(_unblock(zs, m), _unblock(logits, m), outputs)
+        return _select_outputs(_unblock(zs, m, rows), _unblock(logits, m, rows), outputs)
 
     def _run_eval(self, state, x, outputs: str):
         x = self._check_eval_input(x)
+        params, batch_stats = self._put((state.params, state.batch_stats))
         if self.loop == "host":
-            return self._eval_on_host(state.params, state.batch_stats, x, outputs)
-        return self._eval(state.params, state.batch_stats, x, outputs=outputs)
+            return self._eval_on_host(params, batch_stats, x, outputs)
+        return self._eval(params, batch_stats, x, outputs=outputs)
 
     def _check_eval_input(self, x):
+        """x [M, ...] as float32, on the mesh when there is one."""
         if x.shape[0] < 1:
             raise ValueError(f"x: got {x.shape[0]} rows; expected at least one")
-        return jnp.asarray(x, jnp.float32)
+        return self._put(jnp.asarray(x, jnp.float32))
 
     def embed(self, state: TrainState, x):
         """x: [M, ...] -> embeddings [M, D] (eval mode)."""
@@ -362,11 +422,12 @@ class Trainer:
         x = self._check_eval_input(x)
         if tuple(y.shape) != (x.shape[0],):
             raise ValueError(f"y: got shape {tuple(y.shape)}; expected ({x.shape[0]},)")
+        params, batch_stats, y = self._put((state.params, state.batch_stats, jnp.asarray(y, jnp.int32)))
         if self.loop == "host":
-            logits = self._eval_on_host(state.params, state.batch_stats, x, "logits")
-            correct = jnp.sum(jnp.argmax(logits, axis=-1) == jnp.asarray(y), dtype=jnp.int32)
+            logits = self._eval_on_host(params, batch_stats, x, "logits")
+            correct = jnp.sum(jnp.argmax(logits, axis=-1) == y, dtype=jnp.int32)
         else:
-            correct = self._correct(state.params, state.batch_stats, x, jnp.asarray(y, jnp.int32))
+            correct = self._correct(params, batch_stats, x, y)
         return int(jax.device_get(correct)) / x.shape[0]
 
     # ---- MC dropout -------------------------------------------------------------------------
@@ -386,8 +447,8 @@ class Trainer:
         equals the eval logits, so BALD's mutual information is 0 everywhere: build the model
         with dropout > 0 (e.g. 0.5, the original Net1-Net4's F.dropout) for MC strategies.
 
-        Blocked like the eval functions (eval_batch_size rows; the last block shifted back to end
-        at row M) and honouring `loop` the same way. The mask of pass t on block b is drawn from
+        Blocked like the eval functions (eval_batch_size rows, see `_blocks`; the last block
+        shifted back to end at row M) and honouring `loop` the same way. The mask of pass t on block b is drawn from
         fold_in(fold_in(key, t), b): same key (and eval_batch_size), same passes, on either loop.
         For our models, whose only Dropout acts on the embedding as the last step of `embed`,
         the network body runs once (it is deterministic) and only dropout + the linear head run
@@ -401,42 +462,52 @@ class Trainer:
         if self._mc_path == "deterministic":  # no dropout anywhere: every pass is the eval pass
             logits = self._run_eval(state, x, "logits")
             return jnp.broadcast_to(logits[None], (passes, *logits.shape))
+        params, batch_stats, key = self._put((state.params, state.batch_stats, key))
         if self._mc_path == "embedding":
             z = self._run_eval(state, x, "embed")  # [M, D], the body in eval mode, once
-            return self._mc_head(state.params, state.batch_stats, z, key, passes=passes)
+            return self._mc_head(params, batch_stats, z, key, passes=passes)
         if self.loop == "host":
-            return self._mc_on_host(state.params, state.batch_stats, x, key, passes)
-        return self._mc(state.params, state.batch_stats, x, key, passes=passes)
+            return self._mc_on_host(params, batch_stats, x, key, passes)
+        return self._mc(params, batch_stats, x, key, passes=passes)
 
     def _blocks(self, m: int):
-        """(rows per block, number of blocks) for evaluating M rows."""
+        """(rows, rows per block, number of blocks) for evaluating M rows. A block is
+        min(eval_batch_size, M) rows; on a mesh it is rounded up to a multiple of the mesh size
+        (each device evaluates block / mesh size rows of it), and when that exceeds M the input
+        is zero-padded to `rows` = block rows (padding outputs are dropped). Without a mesh
+        rows = M."""
         block = min(self.cfg.eval_batch_size, m)
-        return block, -(-m // block)
+        if self.mesh is not None:
+            block = padded_rows(block, mesh_size(self.mesh))
+        rows = max(m, block)
+        return rows, block, -(-rows // block)
 
     def _mc_block_impl(self, params, batch_stats, xb, key, t, b):
         """One stochastic pass of the whole network on one block: [block, ...] -> [block, C]."""
         model = nnx.merge(self._graphdef_mc, params, batch_stats)
-        return model(xb, rngs=_mc_key(key, t, b))
+        return model(self._split_rows(xb), rngs=_mc_key(key, t, b))
 
     def _mc_impl(self, params, batch_stats, x, key, passes: int):
         """All passes over all blocks as one program (lax.map over (pass, block) pairs)."""
         m = x.shape[0]
-        block, n_blocks = self._blocks(m)
+        rows, block, n_blocks = self._blocks(m)
+        x = _pad_rows(x, rows)
 
         def run(i):
             t, b = i // n_blocks, i % n_blocks
-            xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(b * block, m - block), block, axis=0)
+            xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(b * block, rows - block), block, axis=0)
             return self._mc_block_impl(params, batch_stats, xb, key, t, b)
 
         out = jax.lax.map(run, jnp.arange(passes * n_blocks))  # [T * n_blocks, block, C]
         out = out.reshape(passes, n_blocks, block, out.shape[-1])
-        return jax.vmap(lambda a: _unblock(a, m))(out)  # [T, M, C]
+        return jax.vmap(lambda a: _unblock(a, m, rows))(out)  # [T, M, C]
 
     def _mc_on_host(self, params, batch_stats, x, key, passes: int):
         """`_mc_impl` with the loops over passes and blocks in Python (see TrainConfig.loop)."""
         m = x.shape[0]
-        block, n_blocks = self._blocks(m)
-        starts = [min(b * block, m - block) for b in range(n_blocks)]
+        rows, block, n_blocks = self._blocks(m)
+        x = _pad_rows(x, rows)
+        starts = [min(b * block, rows - block) for b in range(n_blocks)]
         passes_out = []
         for t in range(passes):
             parts = [
@@ -444,24 +515,25 @@ class Trainer:
                                jnp.int32(t), jnp.int32(b))
                 for b, s in enumerate(starts)
             ]
-            passes_out.append(_unblock(jnp.stack(parts), m))
+            passes_out.append(_unblock(jnp.stack(parts), m, rows))
         return jnp.stack(passes_out)  # [T, M, C]
 
     def _mc_head_impl(self, params, batch_stats, z, key, passes: int):
         """Dropout + head on eval embeddings z [M, D], in the same blocks and with the same keys
         as `_mc_impl`, so the masks are those the whole network would draw."""
         m = z.shape[0]
-        block, n_blocks = self._blocks(m)
+        rows, block, n_blocks = self._blocks(m)
+        z = _pad_rows(z, rows)
 
         def run(i):
             t, b = i // n_blocks, i % n_blocks
             model = nnx.merge(self._graphdef_mc, params, batch_stats)
-            zb = jax.lax.dynamic_slice_in_dim(z, jnp.minimum(b * block, m - block), block, axis=0)
-            return model.head(model._finish_embedding(zb, _mc_key(key, t, b)))
+            zb = jax.lax.dynamic_slice_in_dim(z, jnp.minimum(b * block, rows - block), block, axis=0)
+            return model.head(model._finish_embedding(self._split_rows(zb), _mc_key(key, t, b)))
 
         out = jax.lax.map(run, jnp.arange(passes * n_blocks))  # [T * n_blocks, block, C]
         out = out.reshape(passes, n_blocks, block, out.shape[-1])
-        return jax.vmap(lambda a: _unblock(a, m))(out)  # [T, M, C]
+        return jax.vmap(lambda a: _unblock(a, m, rows))(out)  # [T, M, C]
 
 
 def _mc_key(key, t, b):
@@ -474,11 +546,19 @@ def _select_outputs(embeddings, logits, outputs: str):
     return {"embed": embeddings, "logits": logits}.get(outputs, (embeddings, logits))
 
 
-def _unblock(a, m: int):
-    """[n_blocks, block, ...] whose last block was shifted back to end at row m -> [m, ...]."""
+def _pad_rows(x, rows: int):
+    """x [M, ...] with zero rows appended up to `rows` (x itself when rows == M)."""
+    extra = rows - x.shape[0]
+    return x if extra == 0 else jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _unblock(a, m: int, rows: int):
+    """[n_blocks, block, ...] over `rows` (>= m, padded) rows whose last block was shifted back
+    to end at row `rows` -> the first m rows [m, ...]."""
     n_blocks, block = a.shape[:2]
-    tail = m - (n_blocks - 1) * block
-    return jnp.concatenate([a[:-1].reshape(-1, *a.shape[2:]), a[-1, block - tail:]], axis=0)
+    tail = rows - (n_blocks - 1) * block
+    out = jnp.concatenate([a[:-1].reshape(-1, *a.shape[2:]), a[-1, block - tail:]], axis=0)
+    return out if rows == m else out[:m]
 
 
 def _mc_path(model: nnx.Module) -> str:
@@ -504,10 +584,17 @@ def resolve_loop(loop: str, model: nnx.Module) -> str:
 
 
 def make_trainer(
-    model: nnx.Module, cfg: TrainConfig, *, pool_size: int, max_labelled: int | None = None
+    model: nnx.Module, cfg: TrainConfig, *, pool_size: int, max_labelled: int | None = None,
+    mesh: Mesh | None = None,
 ) -> Trainer:
     """A trainer for `model` on pools of `pool_size` rows. `max_labelled` (default pool_size)
     bounds how many rows may be labelled; it sizes the per-epoch shuffle, so passing the run's
     final labelled count (e.g. 1100 of a 60000-row pool) makes each epoch's shuffle O(max_labelled)
-    instead of O(pool_size). Changing the labelled count below it never recompiles."""
-    return Trainer(model, cfg, pool_size=pool_size, max_labelled=max_labelled)
+    instead of O(pool_size). Changing the labelled count below it never recompiles.
+
+    `mesh` (e.g. alfamix_jax.mesh.pool_mesh()): train data-parallel on it. The state is
+    replicated over the mesh, every batch split over it along rows (batch_size must be a
+    multiple of the mesh size), and eval blocks too (eval_batch_size is rounded up to a multiple
+    of the mesh size). States and outputs live on the mesh. None (default): one device, as
+    without this argument."""
+    return Trainer(model, cfg, pool_size=pool_size, max_labelled=max_labelled, mesh=mesh)

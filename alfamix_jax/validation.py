@@ -10,11 +10,13 @@ def _is_integer_array(a: np.ndarray) -> bool:
     return a.dtype.kind in "iu"
 
 
-def validate_pool(embeddings, labels, head_weight, head_bias, *, budget: int) -> None:
+def validate_pool(embeddings, labels, head_weight, head_bias, *, budget: int, scan_embeddings: bool = True) -> None:
     """Validate one selection problem given as NumPy arrays.
 
     embeddings [N, D] float, labels [N] int (-1 = unlabelled, else in [0, C)),
     head_weight [C, D] float, head_bias [C] float; budget in [1, #unlabelled].
+    scan_embeddings=False skips the NaN/inf scan of the embeddings (a memory-
+    mapped pool larger than memory: the streamed search reports bad rows).
     Raises ValueError naming the offending argument.
     """
     arrays = dict(embeddings=embeddings, labels=labels, head_weight=head_weight, head_bias=head_bias)
@@ -30,6 +32,8 @@ def validate_pool(embeddings, labels, head_weight, head_bias, *, budget: int) ->
     for name in ("embeddings", "head_weight", "head_bias"):
         if arrays[name].dtype.kind != "f":
             raise ValueError(f"{name} must be a float array, got dtype {arrays[name].dtype}")
+        if name == "embeddings" and not scan_embeddings:
+            continue
         if not np.all(np.isfinite(arrays[name])):
             bad = int(np.size(arrays[name]) - np.count_nonzero(np.isfinite(arrays[name])))
             raise ValueError(f"{name} contains {bad} NaN/inf value(s); remove or impute them")

@@ -151,3 +151,46 @@ def test_bad_cap_step(tmp_path, capsys, step):
     code, err = exit_code_and_err(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "5", "--output",
                                    str(tmp_path / "o.npz"), "--alpha-cap-step", step], capsys)
     assert code == 2 and "--alpha-cap-step" in err
+
+
+@pytest.mark.parametrize("devices", ["1", "4"])
+def test_embeddings_npy_is_streamed_and_selects_the_same(tmp_path, capsys, devices):
+    """--embeddings POOL.npy: memory-mapped, streamed through a mesh in blocks;
+    the batch equals the one from the embeddings inside --input."""
+    pool = make_pool(tmp_path / "pool.npz")
+    np.save(tmp_path / "pool.npy", pool["embeddings"])
+    make_pool(tmp_path / "head.npz", embeddings=None)  # labels and head only
+    code, _, err = run(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "25",
+                        "--output", str(tmp_path / "whole.npz")], capsys)
+    assert code == 0, err
+    code, stdout, err = run(["select", "--input", str(tmp_path / "head.npz"), "--embeddings", str(tmp_path / "pool.npy"),
+                             "--budget", "25", "--output", str(tmp_path / "streamed.npz"), "--devices", devices,
+                             "--stream-block-size", "64"], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "streamed.npz") as streamed:
+        np.testing.assert_array_equal(streamed["selected"], whole["selected"])
+        np.testing.assert_array_equal(streamed["candidates"], whole["candidates"])
+        assert int(streamed["num_candidates"]) == int(whole["num_candidates"])
+
+
+def test_embeddings_npy_bad_input_exits_2(tmp_path, capsys):
+    pool = make_pool(tmp_path / "head.npz", embeddings=None)
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    x[123, 4] = np.inf
+    np.save(tmp_path / "nan.npy", x)
+    out = tmp_path / "o.npz"
+    base = ["select", "--input", str(tmp_path / "head.npz"), "--budget", "5", "--output", str(out)]
+    code, _, err = run(base + ["--embeddings", str(tmp_path / "nan.npy")], capsys)
+    assert code == 2 and "embeddings: row 123" in err and not out.exists()
+    np.save(tmp_path / "flat.npy", x[:, 0])
+    code, _, err = run(base + ["--embeddings", str(tmp_path / "flat.npy")], capsys)
+    assert code == 2 and "--embeddings" in err and "[N, D]" in err
+    code, _, err = run(base + ["--embeddings", str(tmp_path / "missing.npy")], capsys)
+    assert code == 2 and "no such file" in err
+    np.save(tmp_path / "ok.npy", np.nan_to_num(x, posinf=0.0))
+    code, _, err = run(base + ["--embeddings", str(tmp_path / "ok.npy"), "--alpha", "random"], capsys)
+    assert code == 2 and "closed-form" in err
+    np.save(tmp_path / "short.npy", x[:200])
+    code, _, err = run(base + ["--embeddings", str(tmp_path / "short.npy")], capsys)
+    assert code == 2 and "labels must have shape (200,)" in err
+    assert pool["labels"].shape == (300,)
