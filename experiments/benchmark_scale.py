@@ -299,7 +299,8 @@ def main():
         print("|---|---|---|---|---|")
         for r in scaling:
             same = r["selected"] == scaling[0]["selected"]
-            print(f"| {r['devices']} | {r['first_s']:.2f} | {r['steady_s']:.4f} | {r.get('search_s', 0):.4f} | {same} |")
+            print(f"| {r['devices']} | {r['first_s']:.2f} | {r['steady_s']:.4f} | {r.get('search_s', 0):.4f} "
+                  f"| {same} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     if own_tmp:

@@ -163,8 +163,9 @@ def test_embeddings_npy_is_streamed_and_selects_the_same(tmp_path, capsys, devic
     code, _, err = run(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "25",
                         "--output", str(tmp_path / "whole.npz")], capsys)
     assert code == 0, err
-    code, stdout, err = run(["select", "--input", str(tmp_path / "head.npz"), "--embeddings", str(tmp_path / "pool.npy"),
-                             "--budget", "25", "--output", str(tmp_path / "streamed.npz"), "--devices", devices,
+    code, stdout, err = run(["select", "--input", str(tmp_path / "head.npz"),
+                             "--embeddings", str(tmp_path / "pool.npy"), "--budget", "25",
+                             "--output", str(tmp_path / "streamed.npz"), "--devices", devices,
                              "--stream-block-size", "64"], capsys)
     assert code == 0, err
     with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "streamed.npz") as streamed:
