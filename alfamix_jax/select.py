@@ -79,6 +79,57 @@ def cluster_candidates(key, embeddings, candidates, budget: int, *, max_candidat
     return picks, result.iterations, result.inertia.astype(jnp.float32), n_valid
 
 
+def check_selector_settings(*, alpha: str, diversity: str, **positive_integers) -> None:
+    """ValueError naming the setting, for the settings both selector factories
+    take (this one and `sharded.make_sharded_selector`)."""
+    if alpha not in ALPHA_PATHS:
+        raise ValueError(f"alpha must be one of {ALPHA_PATHS}, got {alpha!r}")
+    if diversity not in DIVERSITY_MODES:
+        raise ValueError(f"diversity must be one of {DIVERSITY_MODES}, got {diversity!r}")
+    for name, value in positive_integers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    budget, max_candidates = positive_integers["budget"], positive_integers["max_candidates"]
+    if max_candidates < budget:
+        raise ValueError(f"max_candidates ({max_candidates}) must be >= budget ({budget})")
+
+
+def search_stats(found: search.SearchResult, eligible) -> dict:
+    """Diagnostics that reduce over the pool: counts, and rho = the smallest
+    mix fraction that flipped each candidate. eligible: [N] bool."""
+    rho = jnp.where(found.candidates, found.min_rho, jnp.nan)
+    return dict(
+        num_candidates=jnp.sum(found.candidates, dtype=jnp.int32),
+        zero_gradient_rows=jnp.sum(eligible & ~found.has_direction, dtype=jnp.int32),
+        rho_mean=jnp.nanmean(rho),
+        rho_std=jnp.nanstd(rho),
+        rho_min=jnp.nanmin(rho),
+        rho_max=jnp.nanmax(rho),
+    )
+
+
+def selection_diagnostics(caps, found: search.SearchResult, pool_stats: dict, *, clustered, filled, iterations,
+                          inertia, from_candidates) -> dict:
+    """The `Selection.diagnostics` dict (see `make_alfamix_selector`)."""
+    clustered = jnp.asarray(clustered, jnp.int32)
+    return dict(
+        caps=jnp.asarray(caps, jnp.float32),
+        caps_tried=found.caps_tried,
+        flips_per_cap=found.flips_per_cap,
+        union_per_cap=found.union_per_cap,
+        flips_per_anchor=found.flips_per_anchor,
+        num_candidates=pool_stats["num_candidates"],
+        num_clustered=clustered,
+        num_from_candidates=from_candidates,
+        num_filled=filled,
+        kmeans_iterations=iterations,
+        kmeans_inertia=inertia,
+        zero_gradient_rows=pool_stats["zero_gradient_rows"],
+        candidates_subsampled=pool_stats["num_candidates"] > clustered,
+        **{k: pool_stats[k] for k in ("rho_mean", "rho_std", "rho_min", "rho_max")},
+    )
+
+
 def make_alfamix_selector(
     *,
     budget: int,
@@ -129,22 +180,13 @@ def make_alfamix_selector(
     rho_mean/std/min/max: over candidates, the smallest fraction of the way
     to an anchor (||mix - u|| / ||a - u||) that flipped the row.
     """
-    if alpha not in ALPHA_PATHS:
-        raise ValueError(f"alpha must be one of {ALPHA_PATHS}, got {alpha!r}")
     if compat not in COMPAT_MODES:
         raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
-    if diversity not in DIVERSITY_MODES:
-        raise ValueError(f"diversity must be one of {DIVERSITY_MODES}, got {diversity!r}")
     if anchors not in ANCHOR_MODES:
         raise ValueError(f"anchors must be one of {ANCHOR_MODES}, got {anchors!r}")
-    if not isinstance(max_anchors, (int, np.integer)) or max_anchors < 1:
-        raise ValueError(f"max_anchors must be an integer >= 1, got {max_anchors!r}")
-    for name, value in (("budget", budget), ("num_classes", num_classes), ("block_size", block_size),
-                        ("max_candidates", max_candidates), ("learned.iters", learned.iters)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if max_candidates < budget:
-        raise ValueError(f"max_candidates ({max_candidates}) must be >= budget ({budget})")
+    check_selector_settings(alpha=alpha, diversity=diversity, budget=budget, num_classes=num_classes,
+                            block_size=block_size, max_candidates=max_candidates, max_anchors=max_anchors,
+                            **{"learned.iters": learned.iters})
     caps = make_caps(alpha_cap_step, compat)
     reference = compat == "reference"
     learned = learned._replace(reset_state_each_step=reference)
@@ -218,26 +260,10 @@ def make_alfamix_selector(
             selected, filled = fill_reference(fill_key, picks, eligible)
         else:
             selected, filled = fill_default(fill_key, picks, cands, eligible)
-        num_candidates = jnp.sum(cands, dtype=jnp.int32)
-        rho = jnp.where(cands, found.min_rho, jnp.nan)
-        diagnostics = dict(
-            caps=jnp.asarray(caps, embeddings.dtype),
-            caps_tried=found.caps_tried,
-            flips_per_cap=found.flips_per_cap,
-            union_per_cap=found.union_per_cap,
-            flips_per_anchor=found.flips_per_anchor,
-            num_candidates=num_candidates,
-            num_clustered=clustered,
-            num_from_candidates=jnp.sum(cands[selected], dtype=jnp.int32),
-            num_filled=filled,
-            kmeans_iterations=iters,
-            kmeans_inertia=inertia,
-            zero_gradient_rows=jnp.sum(eligible & ~found.has_direction, dtype=jnp.int32),
-            candidates_subsampled=num_candidates > clustered,
-            rho_mean=jnp.nanmean(rho),
-            rho_std=jnp.nanstd(rho),
-            rho_min=jnp.nanmin(rho),
-            rho_max=jnp.nanmax(rho),
+        pool_stats = search_stats(found, eligible)
+        diagnostics = selection_diagnostics(
+            caps, found, pool_stats, clustered=clustered, filled=filled, iterations=iters, inertia=inertia,
+            from_candidates=jnp.sum(cands[selected], dtype=jnp.int32),
         )
         return Selection(selected, cands, diagnostics)
 

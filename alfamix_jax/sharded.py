@@ -52,9 +52,15 @@ from alfamix_jax.fill import _append
 from alfamix_jax.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.kmeans import kmeans
 from alfamix_jax.mesh import mesh_size, padded_rows, put_rows, replicated, row_sharding
-from alfamix_jax.select import ALPHA_PATHS, DEFAULT_LEARNED, Selection, _normalise
+from alfamix_jax.select import (
+    DEFAULT_LEARNED,
+    Selection,
+    _normalise,
+    check_selector_settings,
+    search_stats,
+    selection_diagnostics,
+)
 
-SHARDED_DIVERSITY = ("kmeans", "random", "top-alpha")
 PAD_LABEL = -2  # padding rows past N: neither labelled nor eligible
 NO_ROW = np.iinfo(np.int32).max
 
@@ -125,17 +131,10 @@ def make_sharded_selector(
     Returns the `Selection` of the single-device selector; `candidates` is
     [N'] sharded over the mesh (padding rows False).
     """
-    if alpha not in ALPHA_PATHS:
-        raise ValueError(f"alpha must be one of {ALPHA_PATHS}, got {alpha!r}")
-    if diversity not in SHARDED_DIVERSITY:
-        raise ValueError(f"diversity must be one of {SHARDED_DIVERSITY}, got {diversity!r}")
-    for name, value in (("budget", budget), ("num_classes", num_classes), ("block_size", block_size),
-                        ("max_candidates", max_candidates), ("prefetch", prefetch),
-                        ("stream_block_size", stream_block_size or block_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if max_candidates < budget:
-        raise ValueError(f"max_candidates ({max_candidates}) must be >= budget ({budget})")
+    check_selector_settings(alpha=alpha, diversity=diversity, budget=budget, num_classes=num_classes,
+                            block_size=block_size, max_candidates=max_candidates, prefetch=prefetch,
+                            stream_block_size=stream_block_size or block_size,
+                            kmeans_block_size=kmeans_block_size or block_size)
     axis = mesh.axis_names[0]
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh must have one axis (pool rows), got axes {mesh.axis_names}; use mesh.pool_mesh()")
@@ -261,7 +260,7 @@ def make_sharded_selector(
 
     def search_streamed(source, labels_padded, head, anchors, rows_total):
         """One pass over `source` [N, D] (NumPy / memmap) in blocks of
-        devices * block_size rows, reading ahead on a background thread."""
+        devices * stream_block_size rows, reading ahead on a background thread."""
         n, dim = source.shape
         step = devices * min(stream_block_size, max(1, rows_total // devices))
         starts = start_rows = list(range(0, rows_total, step))
@@ -385,19 +384,9 @@ def make_sharded_selector(
 
     @jax.jit
     def summarise(found: search.SearchResult, labels):
-        """Diagnostics that reduce over the pool (exact: counts, min, max)."""
-        eligible = labels == -1
-        rho = jnp.where(found.candidates, found.min_rho, jnp.nan)
-        count = jnp.sum(found.candidates, dtype=jnp.int32)
-        # mean / std of rho: float sums over rows, so their last bits may depend on the mesh.
-        return dict(
-            num_candidates=count,
-            zero_gradient_rows=jnp.sum(eligible & ~found.has_direction, dtype=jnp.int32),
-            rho_mean=jnp.nanmean(rho),
-            rho_std=jnp.nanstd(rho),
-            rho_min=jnp.nanmin(rho),
-            rho_max=jnp.nanmax(rho),
-        )
+        """Counts (exact on any mesh) and rho statistics (mean / std are float
+        sums over rows, so their last bits may depend on the mesh)."""
+        return search_stats(found, labels == -1)
 
     # ---- the query --------------------------------------------------------------------------------
     def check(embeddings, labels):
@@ -422,6 +411,9 @@ def make_sharded_selector(
         elif not isinstance(embeddings, np.ndarray):
             raise ValueError(f"embeddings must be a jax.Array on the mesh or a NumPy array / memmap, got "
                              f"{type(embeddings).__name__}")
+        elif jax.process_count() > 1:
+            raise ValueError("streamed embeddings run in one process; with several processes, place the pool on "
+                             "the mesh with alfamix_jax.mesh.put_rows (each process reads only its own rows)")
         elif not use_fast_path:
             raise ValueError("streamed embeddings (a NumPy array / memmap) need the linear head with the "
                              "closed-form alpha; put them on the mesh (mesh.put_rows) for other paths")
@@ -486,25 +478,8 @@ def make_sharded_selector(
             picks = pick_by_score(key, found, mode=diversity)
             clustered = jnp.int32(count)
         selected, filled, from_candidates = fill(key, picks, found, labels_on_mesh)
-        diagnostics = dict(
-            caps=jnp.asarray(caps, jnp.float32),
-            caps_tried=found.caps_tried,
-            flips_per_cap=found.flips_per_cap,
-            union_per_cap=found.union_per_cap,
-            flips_per_anchor=found.flips_per_anchor,
-            num_candidates=stats["num_candidates"],
-            num_clustered=jnp.asarray(clustered, jnp.int32),
-            num_from_candidates=from_candidates,
-            num_filled=filled,
-            kmeans_iterations=iterations,
-            kmeans_inertia=inertia,
-            zero_gradient_rows=stats["zero_gradient_rows"],
-            candidates_subsampled=stats["num_candidates"] > jnp.asarray(clustered, jnp.int32),
-            rho_mean=stats["rho_mean"],
-            rho_std=stats["rho_std"],
-            rho_min=stats["rho_min"],
-            rho_max=stats["rho_max"],
-        )
+        diagnostics = selection_diagnostics(caps, found, stats, clustered=clustered, filled=filled,
+                                            iterations=iterations, inertia=inertia, from_candidates=from_candidates)
         return Selection(selected, found.candidates, diagnostics)
 
     # The stages, for benchmarks and `.lower(...)`: anchors(embeddings, labels) -> [C, D];

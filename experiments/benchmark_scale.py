@@ -213,6 +213,12 @@ def run_worker(args, n, mode, devices=None, copy_reference=False):
                        f"\n{proc.stderr[-3000:]}")
 
 
+def save(args, results):
+    """Write what is measured so far (a long run stopped halfway keeps its tables)."""
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
 def gib(b):
     return "-" if b is None else f"{b / 2**30:.2f}"
 
@@ -264,6 +270,7 @@ def main():
         memory.append(run_worker(args, n, "memory", copy_reference=i == len(args.sizes) - 1))
         print(f"done: N={n:,} in memory: {memory[-1]['steady_s']:.4f} s", file=sys.stderr, flush=True)
     results["memory"] = memory
+    save(args, results)
     first = memory[0] if memory else {}
     print(f"\nplatform: {first.get('platform')} ({first.get('device_kind')}), jax {first.get('jax_version')}, "
           f"D={args.dim}, budget {args.budget}, {LABELLED} labelled, block {args.block_size} rows per device")
@@ -289,6 +296,7 @@ def main():
               f"{100 * r['search_read_gbs'] / r['copy_gbs']:.0f}% of it")
     streamed = [run_worker(args, n, "stream") for n in args.stream_sizes]
     results["stream"] = streamed
+    save(args, results)
     if streamed:
         table_sizes(streamed, f"(b) pool streamed from {args.stream_from} through the devices")
     scaling = [run_worker(args, args.scaling_size, "memory", devices=k) for k in args.devices]
@@ -301,8 +309,7 @@ def main():
             same = r["selected"] == scaling[0]["selected"]
             print(f"| {r['devices']} | {r['first_s']:.2f} | {r['steady_s']:.4f} | {r.get('search_s', 0):.4f} "
                   f"| {same} |")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+    save(args, results)
     if own_tmp:
         own_tmp.cleanup()
 
