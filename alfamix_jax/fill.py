@@ -31,11 +31,17 @@ def fill_default(key, picks, candidates, eligible):
     """
     (budget,) = picks.shape
     picked = _picked_mask(picks, candidates.shape[0])
-    u = jax.random.uniform(key, candidates.shape)
-    tier = jnp.where(picked | ~eligible, 0.0, jnp.where(candidates, 2.0, 1.0))
-    score = jnp.where(tier > 0, tier + u, -jnp.inf)  # candidates in [2, 3), the rest in [1, 2)
+    score = fill_scores(picked, candidates, eligible, jax.random.uniform(key, candidates.shape))
     _, extra = jax.lax.top_k(score, budget)
     return _append(picks, extra)
+
+
+def fill_scores(picked, candidates, eligible, u):
+    """The fill's order as one score per row (the top `budget` fill the batch):
+    unpicked candidates in [2, 3), other unpicked eligible rows in [1, 2), the
+    rest -inf. picked, candidates, eligible: [N] bool; u: [N] uniform draws."""
+    tier = jnp.where(picked | ~eligible, 0.0, jnp.where(candidates, 2.0, 1.0))
+    return jnp.where(tier > 0, tier + u, -jnp.inf)
 
 
 def fill_reference(key, picks, eligible):

@@ -48,7 +48,7 @@ from alfamix_jax import candidates as search
 from alfamix_jax import mixing
 from alfamix_jax.anchors import compute_anchors
 from alfamix_jax.caps import make_caps
-from alfamix_jax.fill import _append
+from alfamix_jax.fill import _append, fill_scores
 from alfamix_jax.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.kmeans import kmeans
 from alfamix_jax.mesh import mesh_size, padded_rows, put_rows, replicated, row_sharding
@@ -60,6 +60,7 @@ from alfamix_jax.select import (
     search_stats,
     selection_diagnostics,
 )
+from alfamix_jax.validation import validate_head, validate_labels
 
 PAD_LABEL = -2  # padding rows past N: neither labelled nor eligible
 NO_ROW = np.iinfo(np.int32).max
@@ -370,10 +371,8 @@ def make_sharded_selector(
 
         def shard(picks, cands, labels, u):
             n = cands.shape[0]
-            picked = _local_mask(picks, n, axis)
-            eligible = labels == -1
-            tier = jnp.where(picked | ~eligible, 0.0, jnp.where(cands, 2.0, 1.0))
-            _, extra = global_top_k(jnp.where(tier > 0, tier + u, -jnp.inf), budget, axis)
+            score = fill_scores(_local_mask(picks, n, axis), cands, labels == -1, u)
+            _, extra = global_top_k(score, budget, axis)
             selected, filled = _append(picks, extra)
             chosen = _local_mask(selected, n, axis)
             from_candidates = jax.lax.psum(jnp.sum(chosen & cands, dtype=jnp.int32), axis)
@@ -397,13 +396,7 @@ def make_sharded_selector(
         if embeddings.ndim != 2 or embeddings.shape[0] < n:
             raise ValueError(f"embeddings must be [N, D] with N >= len(labels)={n} (padding rows past N are "
                              f"ignored), got shape {embeddings.shape}")
-        if np.any((labels < -1) | (labels >= num_classes)):
-            raise ValueError(f"labels must be -1 (unlabelled) or in [0, {num_classes})")
-        if not np.any(labels >= 0):
-            raise ValueError("labels has no labelled row (all -1); ALFA-Mix needs labelled rows for its anchors")
-        if budget > int(np.sum(labels == -1)):
-            raise ValueError(f"budget ({budget}) is larger than the number of unlabelled rows "
-                             f"({int(np.sum(labels == -1))})")
+        validate_labels(labels, num_classes=num_classes, budget=budget)
         if isinstance(embeddings, jax.Array):
             if embeddings.shape[0] % devices:
                 raise ValueError(f"embeddings: {embeddings.shape[0]} rows do not split over {devices} devices; "
@@ -421,12 +414,11 @@ def make_sharded_selector(
     def check_head(head_params, dim):
         if not isinstance(head_params, LinearHead):
             return
-        weight, bias = np.asarray(head_params.weight), np.asarray(head_params.bias)
-        if weight.shape != (num_classes, dim) or bias.shape != (num_classes,):
-            raise ValueError(f"head_params: weight {weight.shape} and bias {bias.shape}; expected "
-                             f"({num_classes}, {dim}) and ({num_classes},) (logits = z @ weight.T + bias)")
-        if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
-            raise ValueError("head_params: weight or bias holds NaN/inf")
+        weight = np.asarray(head_params.weight)
+        validate_head(weight, np.asarray(head_params.bias), dim=dim)
+        if weight.shape[0] != num_classes:
+            raise ValueError(f"head_weight has {weight.shape[0]} classes (rows); the selector was built for "
+                             f"num_classes={num_classes}")
 
     def class_anchors(embeddings, labels):
         """[C, D] replicated: the labelled rows gathered (from the mesh or the

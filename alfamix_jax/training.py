@@ -360,11 +360,10 @@ class Trainer:
 
     # ---- evaluation -------------------------------------------------------------------------
     def _eval_impl(self, params, batch_stats, x, outputs: str):
-        """Eval mode over fixed blocks of rows (see `_blocks`); the last block is shifted back to
+        """Eval mode over fixed blocks of rows (see `_blocked`); the last block is shifted back to
         end at the last row (overlapping the one before) instead of padding the pool."""
         m = x.shape[0]
-        rows, block, n_blocks = self._blocks(m)
-        x = _pad_rows(x, rows)
+        x, rows, block, n_blocks = self._blocked(x)
 
         def run_block(i):
             xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(i * block, rows - block), block, axis=0)
@@ -381,8 +380,7 @@ class Trainer:
     def _eval_on_host(self, params, batch_stats, x, outputs: str):
         """`_eval_impl` with the loop over blocks in Python (see TrainConfig.loop)."""
         m = x.shape[0]
-        rows, block, n_blocks = self._blocks(m)
-        x = _pad_rows(x, rows)
+        x, rows, block, n_blocks = self._blocked(x)
         starts = [min(i * block, rows - block) for i in range(n_blocks)]
         parts = [self._eval_block(params, batch_stats, jax.lax.dynamic_slice_in_dim(x, s, block)) for s in starts]
         zs, logits = (jnp.stack([p[k] for p in parts]) for k in (0, 1))  # [n_blocks, block, ...]
@@ -447,7 +445,7 @@ class Trainer:
         equals the eval logits, so BALD's mutual information is 0 everywhere: build the model
         with dropout > 0 (e.g. 0.5, the original Net1-Net4's F.dropout) for MC strategies.
 
-        Blocked like the eval functions (eval_batch_size rows, see `_blocks`; the last block
+        Blocked like the eval functions (eval_batch_size rows, see `_blocked`; the last block
         shifted back to end at row M) and honouring `loop` the same way. The mask of pass t on block b is drawn from
         fold_in(fold_in(key, t), b): same key (and eval_batch_size), same passes, on either loop.
         For our models, whose only Dropout acts on the embedding as the last step of `embed`,
@@ -470,17 +468,18 @@ class Trainer:
             return self._mc_on_host(params, batch_stats, x, key, passes)
         return self._mc(params, batch_stats, x, key, passes=passes)
 
-    def _blocks(self, m: int):
-        """(rows, rows per block, number of blocks) for evaluating M rows. A block is
-        min(eval_batch_size, M) rows; on a mesh it is rounded up to a multiple of the mesh size
-        (each device evaluates block / mesh size rows of it), and when that exceeds M the input
-        is zero-padded to `rows` = block rows (padding outputs are dropped). Without a mesh
-        rows = M."""
+    def _blocked(self, x):
+        """x [M, ...] -> (x padded to `rows`, rows, rows per block, number of blocks) for
+        evaluating it in blocks. A block is min(eval_batch_size, M) rows; on a mesh it is rounded
+        up to a multiple of the mesh size (each device evaluates block / mesh size rows of it), and
+        when that exceeds M, x is zero-padded to `rows` = block rows (padding outputs are
+        dropped). Without a mesh rows = M and x is returned as it is."""
+        m = x.shape[0]
         block = min(self.cfg.eval_batch_size, m)
         if self.mesh is not None:
             block = padded_rows(block, mesh_size(self.mesh))
         rows = max(m, block)
-        return rows, block, -(-rows // block)
+        return _pad_rows(x, rows), rows, block, -(-rows // block)
 
     def _mc_block_impl(self, params, batch_stats, xb, key, t, b):
         """One stochastic pass of the whole network on one block: [block, ...] -> [block, C]."""
@@ -490,8 +489,7 @@ class Trainer:
     def _mc_impl(self, params, batch_stats, x, key, passes: int):
         """All passes over all blocks as one program (lax.map over (pass, block) pairs)."""
         m = x.shape[0]
-        rows, block, n_blocks = self._blocks(m)
-        x = _pad_rows(x, rows)
+        x, rows, block, n_blocks = self._blocked(x)
 
         def run(i):
             t, b = i // n_blocks, i % n_blocks
@@ -505,8 +503,7 @@ class Trainer:
     def _mc_on_host(self, params, batch_stats, x, key, passes: int):
         """`_mc_impl` with the loops over passes and blocks in Python (see TrainConfig.loop)."""
         m = x.shape[0]
-        rows, block, n_blocks = self._blocks(m)
-        x = _pad_rows(x, rows)
+        x, rows, block, n_blocks = self._blocked(x)
         starts = [min(b * block, rows - block) for b in range(n_blocks)]
         passes_out = []
         for t in range(passes):
@@ -522,8 +519,7 @@ class Trainer:
         """Dropout + head on eval embeddings z [M, D], in the same blocks and with the same keys
         as `_mc_impl`, so the masks are those the whole network would draw."""
         m = z.shape[0]
-        rows, block, n_blocks = self._blocks(m)
-        z = _pad_rows(z, rows)
+        z, rows, block, n_blocks = self._blocked(z)
 
         def run(i):
             t, b = i // n_blocks, i % n_blocks

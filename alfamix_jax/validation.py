@@ -29,18 +29,30 @@ def validate_pool(embeddings, labels, head_weight, head_bias, *, budget: int, sc
     for name, rank in expected_rank.items():
         if arrays[name].ndim != rank:
             raise ValueError(f"{name} must have rank {rank}, got shape {arrays[name].shape}")
-    for name in ("embeddings", "head_weight", "head_bias"):
-        if arrays[name].dtype.kind != "f":
-            raise ValueError(f"{name} must be a float array, got dtype {arrays[name].dtype}")
-        if name == "embeddings" and not scan_embeddings:
-            continue
-        if not np.all(np.isfinite(arrays[name])):
-            bad = int(np.size(arrays[name]) - np.count_nonzero(np.isfinite(arrays[name])))
-            raise ValueError(f"{name} contains {bad} NaN/inf value(s); remove or impute them")
+    if embeddings.dtype.kind != "f":
+        raise ValueError(f"embeddings must be a float array, got dtype {embeddings.dtype}")
+    if scan_embeddings and not np.all(np.isfinite(embeddings)):
+        bad = int(np.size(embeddings) - np.count_nonzero(np.isfinite(embeddings)))
+        raise ValueError(f"embeddings contains {bad} NaN/inf value(s); remove or impute them")
     n, dim = embeddings.shape
-    num_classes = head_weight.shape[0]
     if n == 0 or dim == 0:
         raise ValueError(f"embeddings must be non-empty, got shape {embeddings.shape}")
+    validate_head(head_weight, head_bias, dim=dim)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match embeddings, got {labels.shape}")
+    validate_labels(labels, num_classes=head_weight.shape[0], budget=budget)
+
+
+def validate_head(head_weight, head_bias, *, dim: int) -> None:
+    """head_weight [C, D] and head_bias [C], float and finite, C >= 2, D = dim
+    (logits = z @ head_weight.T + head_bias). Raises ValueError naming the array."""
+    for name, a in (("head_weight", head_weight), ("head_bias", head_bias)):
+        if a.dtype.kind != "f":
+            raise ValueError(f"{name} must be a float array, got dtype {a.dtype}")
+        if not np.all(np.isfinite(a)):
+            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            raise ValueError(f"{name} contains {bad} NaN/inf value(s); remove or impute them")
+    num_classes = head_weight.shape[0]
     if num_classes < 2:
         raise ValueError(f"head_weight must have at least 2 classes (rows), got shape {head_weight.shape}")
     if head_weight.shape[1] != dim:
@@ -50,8 +62,11 @@ def validate_pool(embeddings, labels, head_weight, head_bias, *, budget: int, sc
         )
     if head_bias.shape != (num_classes,):
         raise ValueError(f"head_bias must have shape ({num_classes},) to match head_weight, got {head_bias.shape}")
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match embeddings, got {labels.shape}")
+
+
+def validate_labels(labels, *, num_classes: int, budget: int) -> None:
+    """labels [N] int: -1 (unlabelled) or a class in [0, num_classes), at
+    least one labelled row, and `budget` in [1, #unlabelled]."""
     if not _is_integer_array(labels):
         raise ValueError(f"labels must be an integer array (-1 = unlabelled), got dtype {labels.dtype}")
     bad = (labels < -1) | (labels >= num_classes)
@@ -63,7 +78,7 @@ def validate_pool(embeddings, labels, head_weight, head_bias, *, budget: int, sc
     num_labelled = int(np.sum(labels >= 0))
     if num_labelled == 0:
         raise ValueError("labels has no labelled row (all -1); ALFA-Mix needs labelled rows for its anchors")
-    unlabelled = n - num_labelled
+    unlabelled = labels.shape[0] - num_labelled
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise ValueError(f"budget must be an integer, got {budget!r}")
     if budget < 1:
