@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from alfamix_jax.io import load_pool, open_embeddings, save_npz_atomic
-from alfamix_jax.validation import validate_pool
+from alfamix_jax.selection.validation import validate_pool
 
 PROG = "alfamix-jax"
 
@@ -124,8 +124,8 @@ def _streamed_selector(args, num_classes):
                          "drop --alpha/--compat, or pass the embeddings inside --input")
     import jax
 
-    from alfamix_jax.mesh import pool_mesh
-    from alfamix_jax.sharded import make_sharded_selector
+    from alfamix_jax.selection.mesh import pool_mesh
+    from alfamix_jax.selection.sharded import make_sharded_selector
 
     local = jax.local_devices()
     if args.devices is not None and args.devices > len(local):
@@ -189,8 +189,8 @@ def run_select(args) -> dict:
 
 
 def run_experiment_command(args) -> int:
-    from alfamix_jax.config import apply_overrides, load_config
-    from alfamix_jax.runner import check_config, run_experiment
+    from alfamix_jax.experiment.config import apply_overrides, load_config
+    from alfamix_jax.experiment.runner import check_config, run_experiment
 
     config = apply_overrides(load_config(args.config), args.overrides)
     check_config(config)  # before the compile cache and JAX start: bad configs fail in well under a second
@@ -202,7 +202,7 @@ def run_experiment_command(args) -> int:
     print(f"{config.name}: done in {time.perf_counter() - start:.1f} s; results in "
           f"{os.path.join(args.workdir, 'results.csv')}")
     if not args.no_report:
-        from alfamix_jax.report import render_report
+        from alfamix_jax.experiment.report import render_report
 
         print(render_report([args.workdir]))
     return 0
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             return 0
         if args.command == "run":
             return run_experiment_command(args)
-        from alfamix_jax.report import render_report
+        from alfamix_jax.experiment.report import render_report
 
         print(render_report(args.dirs, out_dir=args.out, ddof=args.ddof))
         return 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scale-out benchmark of the sharded selector (alfamix_jax.sharded).
+"""Scale-out benchmark of the sharded selector (alfamix_jax.selection.sharded).
 
     .venv/bin/python experiments/benchmark_scale.py \
         [--sizes 20000,100000,1000000,10000000] [--dim 512] [--budget 1000] \
@@ -53,7 +53,7 @@ def make_problem(jax, np, mesh, n, dim, seed=5):
     import jax.numpy as jnp
 
     from alfamix_jax import LinearHead
-    from alfamix_jax.mesh import mesh_size, padded_rows, row_sharding
+    from alfamix_jax.selection.mesh import mesh_size, padded_rows, row_sharding
 
     rows = padded_rows(n, mesh_size(mesh))
     block = min(rows, 1 << 16)
@@ -99,8 +99,8 @@ def median_time(jax, fn, repeats):
 def stage_times(jax, np, select, mesh, key, x, labels, head, args):
     """Median time of each stage, called as `select` calls them, and the
     search's read bandwidth (N x D x 4 bytes / its time)."""
-    from alfamix_jax.mesh import put_rows
-    from alfamix_jax.sharded import PAD_LABEL
+    from alfamix_jax.selection.mesh import put_rows
+    from alfamix_jax.selection.sharded import PAD_LABEL
 
     n, dim = labels.shape[0], x.shape[1]
     st = select.stages
@@ -148,8 +148,8 @@ def worker(args):
     import jax
     import numpy as np
 
-    from alfamix_jax.mesh import pool_mesh
-    from alfamix_jax.sharded import make_sharded_selector
+    from alfamix_jax.selection.mesh import pool_mesh
+    from alfamix_jax.selection.sharded import make_sharded_selector
 
     mesh = pool_mesh()
     n, dim = args.n, args.dim

@@ -237,7 +237,7 @@ def device_memory(jax, select, emb, labels, head, diag, args):
 def fill_time(jax, select, emb, labels, head, args):
     """Steady time of the fill alone (`fill_default`, jitted on its own), to
     split the finish stage into diversity and fill."""
-    from alfamix_jax.fill import fill_default
+    from alfamix_jax.selection.fill import fill_default
 
     key = jax.random.key(0)
     result = select(key, emb, labels, head)
@@ -518,7 +518,7 @@ def print_tables(results, args):
     print("| implementation | first call | steady (median) | k-means++ seeding (steady) | iterations | "
           "inertia | empty clusters |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| alfamix_jax.kmeans (jit) | {fmt_s(km['first_s'])} | {fmt_s(km['steady_median_s'])} | "
+    print(f"| alfamix_jax.selection.kmeans (jit) | {fmt_s(km['first_s'])} | {fmt_s(km['steady_median_s'])} | "
           f"{fmt_s(km['seeding_s'])} | {km['iterations']} | {km['inertia']:.2f} | {km['empty_clusters']} |")
     if "sklearn_s" in km:
         print(f"| scikit-learn KMeans(n_init=1) | - | {fmt_s(km['sklearn_s'])} (one fit) | - | "

@@ -24,7 +24,7 @@ def build_view(n, dim, classes, labelled, passes, seed=0):
     import jax.numpy as jnp
     import numpy as np
 
-    from alfamix_jax.heads import LinearHead
+    from alfamix_jax.selection.heads import LinearHead
     from alfamix_jax.strategies import PoolView
 
     rng = np.random.default_rng(seed)

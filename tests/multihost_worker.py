@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sharded_cases import CASE, run_case  # noqa: E402
 
-from alfamix_jax.mesh import pool_mesh  # noqa: E402
+from alfamix_jax.selection.mesh import pool_mesh  # noqa: E402
 
 mesh = pool_mesh()  # every device of every process
 assert mesh.devices.size == 2 * num_processes, mesh

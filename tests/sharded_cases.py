@@ -3,8 +3,8 @@ worker, so both run exactly the same selection. Not a test module."""
 import jax
 from support import make_pool
 
-from alfamix_jax.mesh import put_rows
-from alfamix_jax.sharded import make_sharded_selector
+from alfamix_jax.selection.mesh import put_rows
+from alfamix_jax.selection.sharded import make_sharded_selector
 
 # More candidates than max_candidates: the subsample, k-means and the fill all run.
 CASE = dict(seed=0, n=2003, dim=16, num_classes=5, labelled=80, sep=0.3, budget=40, block_size=128,

@@ -7,7 +7,7 @@ import pytest
 from support import make_pool
 
 from alfamix_jax import make_alfamix_selector
-from alfamix_jax.anchors import labelled_anchors
+from alfamix_jax.selection.anchors import labelled_anchors
 
 
 def _pool(budget_rows=8):

@@ -1,4 +1,4 @@
-"""The diversity baselines (alfamix_jax.baselines.coreset, .badge): the
+"""The diversity baselines (alfamix_jax.strategies.baselines.coreset, .badge): the
 strategy invariants, known answers on constructed pools, NumPy float64
 references written from the papers, and that neither ever holds an N x N
 (or [N, C*D]) array."""
@@ -9,9 +9,9 @@ import pytest
 from support import make_pool
 
 from alfamix_jax import LinearHead
-from alfamix_jax.baselines import badge, coreset
-from alfamix_jax.baselines.badge import gradient_factors, make_badge, sq_dists_to_row
-from alfamix_jax.baselines.coreset import greedy_k_center, make_coreset
+from alfamix_jax.strategies.baselines import badge, coreset
+from alfamix_jax.strategies.baselines.badge import gradient_factors, make_badge, sq_dists_to_row
+from alfamix_jax.strategies.baselines.coreset import greedy_k_center, make_coreset
 from alfamix_jax.strategies import PoolView
 
 FACTORIES = {"coreset": make_coreset, "badge": make_badge}

@@ -1,4 +1,4 @@
-"""GCNAL (alfamix_jax.baselines.gcnal): the factorised graph against the
+"""GCNAL (alfamix_jax.strategies.baselines.gcnal): the factorised graph against the
 original's dense `aff_to_adj` in NumPy float64, the GCN forward and loss, the
 k-center against the original's `furthest_first`, the subset draw, the query's
 invariants, known answers for CoreGCN and UncertainGCN, and no recompilation
@@ -12,7 +12,7 @@ import pytest
 from support import count_compiles, make_pool
 
 from alfamix_jax import LinearHead
-from alfamix_jax.baselines import gcnal
+from alfamix_jax.strategies.baselines import gcnal
 from alfamix_jax.strategies import PoolView
 
 # --- NumPy float64 references, written from the original (gcn_sampling.py, core_set.py) ---

@@ -7,7 +7,7 @@ import pytest
 from support import count_compiles, make_pool
 
 from alfamix_jax import LinearHead
-from alfamix_jax.baselines import cdal, deepfool, dropquery
+from alfamix_jax.strategies.baselines import cdal, deepfool, dropquery
 from alfamix_jax.strategies import PoolView
 
 # DropQuery compiles k-means (the slow part), so every DropQuery test shares one

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from support import load_fixture
 
 from alfamix_jax import exact_caps, make_caps, reference_caps, validate_pool
-from alfamix_jax.fill import fill_default, fill_reference
+from alfamix_jax.selection.fill import fill_default, fill_reference
 
 FEW = settings(max_examples=15, deadline=None)
 

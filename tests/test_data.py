@@ -1,4 +1,4 @@
-"""alfamix_jax.data: every loader on data the test writes itself (never a download), the errors,
+"""alfamix_jax.experiment.data: every loader on data the test writes itself (never a download), the errors,
 and one integration test on the real Fashion-MNIST IDX files where the Debian package is installed."""
 import functools
 import gzip
@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from alfamix_jax.data import DATASETS, Dataset, check_dataset_args, load_dataset
-from alfamix_jax.data.dataset import subset_indices
-from alfamix_jax.data.idx import read_idx
-from alfamix_jax.data.tfds_source import PUBLIC_TFDS
+from alfamix_jax.experiment.data import DATASETS, Dataset, check_dataset_args, load_dataset
+from alfamix_jax.experiment.data.dataset import subset_indices
+from alfamix_jax.experiment.data.idx import read_idx
+from alfamix_jax.experiment.data.tfds_source import PUBLIC_TFDS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -224,7 +224,7 @@ def test_fashion_mnist_from_idx_keeps_order_and_normalises(tmp_path, gz):
 
 
 def test_fashion_mnist_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
-    from alfamix_jax.data.fashion_mnist_builder import FashionMnistIdx
+    from alfamix_jax.experiment.data.fashion_mnist_builder import FashionMnistIdx
 
     write_fashion_idx(tmp_path / "idx", seed=0)
     cache = tmp_path / "cache"
@@ -247,8 +247,8 @@ def test_fashion_mnist_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatc
 
 
 def test_fashion_mnist_recovers_from_a_killed_run(tmp_path):
-    from alfamix_jax.data.fashion_mnist import idx_digest
-    from alfamix_jax.data.idx import find_idx_files
+    from alfamix_jax.experiment.data.fashion_mnist import idx_digest
+    from alfamix_jax.experiment.data.idx import find_idx_files
 
     written = write_fashion_idx(tmp_path / "idx")
     root = tmp_path / "cache" / f"fashion_mnist_idx-{idx_digest(find_idx_files(str(tmp_path / 'idx')))}"
@@ -264,7 +264,7 @@ def test_fashion_mnist_two_processes_prepare_one_cache(tmp_path):
     write_fashion_idx(tmp_path / "idx")
     script = (
         "import sys, numpy as np\n"
-        "from alfamix_jax.data import load_dataset\n"
+        "from alfamix_jax.experiment.data import load_dataset\n"
         "d = load_dataset('fashion_mnist', data_dir=sys.argv[1], cache_dir=sys.argv[2])\n"
         "print('sum', float(np.abs(d.x_train).sum()), int(d.y_train.sum()))\n"
     )
@@ -281,7 +281,7 @@ def test_fashion_mnist_two_processes_prepare_one_cache(tmp_path):
 
 
 def test_fashion_mnist_idx_dir_errors(tmp_path, monkeypatch):
-    import alfamix_jax.data.fashion_mnist as fashion_mnist
+    import alfamix_jax.experiment.data.fashion_mnist as fashion_mnist
 
     monkeypatch.setattr(fashion_mnist, "DEFAULT_IDX_DIR", str(tmp_path / "not-installed"))
     with pytest.raises(ValueError, match=r"default .*not-installed is absent; `apt install dataset-fashion-mnist`"):

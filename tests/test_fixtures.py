@@ -17,8 +17,8 @@ import pytest
 from support import fixture_head, fixture_labels, load_fixture
 
 from alfamix_jax import compute_anchors, linear_head_apply, make_alfamix_selector, pseudo_labels
-from alfamix_jax.gradients import loss_gradient, normalise_rows
-from alfamix_jax.mixing import Block, closed_form_flips
+from alfamix_jax.selection.gradients import loss_gradient, normalise_rows
+from alfamix_jax.selection.mixing import Block, closed_form_flips
 
 CLOSED_FORM = [
     "closed_form",

@@ -1,4 +1,4 @@
-"""k-means on device (alfamix_jax.kmeans): quality against scikit-learn,
+"""k-means on device (alfamix_jax.selection.kmeans): quality against scikit-learn,
 the picks, the fixed-size buffer with `n_valid` real rows, determinism, and
 no recompilation when `n_valid` changes."""
 import functools

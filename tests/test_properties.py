@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from support import make_pool
 
 from alfamix_jax import LinearHead, make_alfamix_selector
-from alfamix_jax.gradients import normalise_rows
+from alfamix_jax.selection.gradients import normalise_rows
 
 N, DIM, NUM_CLASSES, BUDGET = 64, 8, 4, 6
 ALPHAS = ("closed-form", "random", "learned")

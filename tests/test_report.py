@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from alfamix_jax import report
+from alfamix_jax.experiment import report
 
 COLUMNS = ["strategy", "seed", "round", "labelled", "test_accuracy", "query_seconds", "query_compile_seconds",
            "train_seconds", "train_epochs", "candidates", "filled"]

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from alfamix_jax.config import (
+from alfamix_jax.experiment.config import (
     DataConfig,
     ExperimentConfig,
     LoopConfig,
@@ -21,8 +21,8 @@ from alfamix_jax.config import (
     apply_overrides,
     load_config,
 )
-from alfamix_jax.runner import RESULT_COLUMNS, initial_labelled, run_dir, run_experiment
-from alfamix_jax.training import TrainConfig
+from alfamix_jax.experiment.runner import RESULT_COLUMNS, initial_labelled, run_dir, run_experiment
+from alfamix_jax.experiment.training import TrainConfig
 
 TIMING = {"train_seconds", "train_compile_seconds", "query_seconds", "query_compile_seconds"}
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -51,7 +51,7 @@ def without_timing(rows):
 
 
 def labelled_masks(workdir, config):
-    from alfamix_jax.checkpoint import RunCheckpointer
+    from alfamix_jax.experiment.checkpoint import RunCheckpointer
 
     masks = {}
     for strategy in config.strategies:
@@ -170,8 +170,8 @@ def test_warm_start_resumes_identically(tmp_path):
 
 
 CLI_CONFIG = """
-from alfamix_jax.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-from alfamix_jax.training import TrainConfig
+from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+from alfamix_jax.experiment.training import TrainConfig
 
 def get_config():
     return ExperimentConfig(
@@ -324,13 +324,13 @@ def test_overrides_parse_types():
 
 
 def test_shipped_configs_load_and_state_their_command():
-    from alfamix_jax.config import shipped_configs
+    from alfamix_jax.experiment.config import shipped_configs
 
     names = shipped_configs()
     assert {"demo", "fashion_mnist_mlp", "mnist_mlp", "cifar10_resnet18"} <= set(names)
     for name in names:
         config = load_config(name)
-        module = sys.modules[f"alfamix_jax.configs.{name}"]
+        module = sys.modules[f"alfamix_jax.experiment.configs.{name}"]
         assert f"--config {name}" in module.__doc__
         assert config.strategies and config.seeds
     fm = load_config("fashion_mnist_mlp")
@@ -384,7 +384,7 @@ def test_baselines_through_the_runner(tmp_path):
 
 
 def test_bald_without_dropout_is_refused():
-    from alfamix_jax.runner import check_config
+    from alfamix_jax.experiment.runner import check_config
 
     with pytest.raises(ValueError, match="model.dropout"):
         check_config(small_config(strategies=("bald",)))

@@ -1,4 +1,4 @@
-"""Selection on a device mesh (alfamix_jax.sharded): the same batch on 1, 2, 4
+"""Selection on a device mesh (alfamix_jax.selection.sharded): the same batch on 1, 2, 4
 and 8 devices, in two processes, streamed from a file, and as the
 one-device selector. conftest.py gives this process 8 CPU devices."""
 import os
@@ -14,8 +14,8 @@ from sharded_cases import CASE, case_pool, run_case
 from support import count_compiles
 
 from alfamix_jax import make_alfamix_selector
-from alfamix_jax.mesh import pool_mesh, put_rows
-from alfamix_jax.sharded import global_top_k, make_sharded_selector
+from alfamix_jax.selection.mesh import pool_mesh, put_rows
+from alfamix_jax.selection.sharded import global_top_k, make_sharded_selector
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 EXACT_DIAGNOSTICS = ("caps_tried", "flips_per_cap", "union_per_cap", "flips_per_anchor", "num_candidates",

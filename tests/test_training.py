@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 from support import count_compiles
 
-from alfamix_jax.heads import linear_head_apply
-from alfamix_jax.models import linear_head_params, make_model
-from alfamix_jax.training import TrainConfig, TrainState, make_optimizer, make_trainer, min_correct_to_stop
+from alfamix_jax.selection.heads import linear_head_apply
+from alfamix_jax.experiment.models import linear_head_params, make_model
+from alfamix_jax.experiment.training import TrainConfig, TrainState, make_optimizer, make_trainer, min_correct_to_stop
 
 N, DIM, CLASSES = 120, 6, 3
 
@@ -286,7 +286,7 @@ def test_host_and_device_loops_fit_the_same_way(model_name, shape):
 
 
 def test_auto_loop_picks_host_for_conv_models_on_cpu():
-    from alfamix_jax.training import resolve_loop
+    from alfamix_jax.experiment.training import resolve_loop
 
     conv = make_model("cnn", input_shape=(8, 8, 1), num_classes=CLASSES, rngs=nnx.Rngs(0))
     assert resolve_loop("auto", _mlp()) == "device"

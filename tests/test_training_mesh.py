@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alfamix_jax.mesh import pool_mesh, put_rows
-from alfamix_jax.models import make_model
-from alfamix_jax.training import TrainConfig, make_trainer
+from alfamix_jax.selection.mesh import pool_mesh, put_rows
+from alfamix_jax.experiment.models import make_model
+from alfamix_jax.experiment.training import TrainConfig, make_trainer
 
 N, DIM, CLASSES, EMBED = 120, 6, 3, 16
 # stop_accuracy > 1: never stop early, so every fit runs all its epochs and rounding differences
@@ -177,8 +177,8 @@ def test_data_parallel_is_off_by_default():
 def test_runner_data_parallel(tmp_path):
     """train.data_parallel: the runner trains on a mesh of all 8 devices; the random strategy's
     run (its queries do not depend on the model) reaches the same accuracies as on one device."""
-    from alfamix_jax.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-    from alfamix_jax.runner import check_config, run_experiment
+    from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+    from alfamix_jax.experiment.runner import check_config, run_experiment
 
     def config(data_parallel, batch_size=32):
         return ExperimentConfig(

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alfamix_jax.baselines.dropquery import map_row_blocks
+from alfamix_jax.strategies.baselines.dropquery import map_row_blocks
 
 if TYPE_CHECKING:
     from alfamix_jax.strategies import PoolView, Strategy

@@ -6,8 +6,8 @@ digits (1797 8x8 images that ship inside scikit-learn), 3 seeds, 10 rounds.
 It prints the report at the end: ALFA-Mix and entropy ahead of random from
 about round 2 (see the README for the table, the machine and the time).
 """
-from alfamix_jax.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-from alfamix_jax.training import TrainConfig
+from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+from alfamix_jax.experiment.training import TrainConfig
 
 
 def get_config() -> ExperimentConfig:

@@ -5,8 +5,8 @@ runner can fail fast. Names and what data_dir / path mean for each are in `DATAS
 """
 import os
 
-from alfamix_jax.data import embedded, local, tfds_source
-from alfamix_jax.data.dataset import Dataset, check_max_rows, normalise_images, subset_indices
+from alfamix_jax.experiment.data import embedded, local, tfds_source
+from alfamix_jax.experiment.data.dataset import Dataset, check_max_rows, normalise_images, subset_indices
 
 DATASETS = {
     "digits": "scikit-learn's 8x8 handwritten digits, shipped with it (1437 train / 360 test); no data_dir",
@@ -40,8 +40,8 @@ def check_dataset_args(name: str, *, data_dir: str | None = None, path: str | No
     if path is not None and name not in _USES_PATH:
         raise ValueError(f"dataset {name!r} takes no path (got {path!r}); only {', '.join(_USES_PATH)} do")
     if name == "fashion_mnist":
-        from alfamix_jax.data.fashion_mnist import DEFAULT_IDX_DIR
-        from alfamix_jax.data.idx import find_idx_files
+        from alfamix_jax.experiment.data.fashion_mnist import DEFAULT_IDX_DIR
+        from alfamix_jax.experiment.data.idx import find_idx_files
 
         if data_dir is None and not os.path.isdir(DEFAULT_IDX_DIR):
             raise ValueError(
@@ -89,8 +89,8 @@ def load_dataset(
         x_train, y_train, x_test, y_test = embedded.load_digits_arrays()
         num_classes = embedded.NUM_CLASSES
     elif name == "fashion_mnist":
-        from alfamix_jax.data import fashion_mnist
-        from alfamix_jax.data.fashion_mnist_builder import NUM_CLASSES
+        from alfamix_jax.experiment.data import fashion_mnist
+        from alfamix_jax.experiment.data.fashion_mnist_builder import NUM_CLASSES
 
         builder = fashion_mnist.prepare_fashion_mnist(data_dir or fashion_mnist.DEFAULT_IDX_DIR, cache_dir)
         images_train, y_train = fashion_mnist.load_fashion_mnist_split(builder, "train", select_train)

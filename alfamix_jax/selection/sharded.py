@@ -1,6 +1,6 @@
 """ALFA-Mix selection on a device mesh: pool rows split over devices (and hosts).
 
-    mesh = pool_mesh()                                   # alfamix_jax.mesh
+    mesh = pool_mesh()                                   # alfamix_jax.selection.mesh
     select = make_sharded_selector(mesh=mesh, budget=1000, num_classes=10)
     x = put_rows(mesh, embeddings)                       # [N, D] -> rows over the devices, once
     result = select(key, x, labels, LinearHead(W, b))    # labels: NumPy [N], -1 = unlabelled
@@ -44,15 +44,15 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from alfamix_jax import candidates as search
-from alfamix_jax import mixing
-from alfamix_jax.anchors import compute_anchors
-from alfamix_jax.caps import make_caps
-from alfamix_jax.fill import _append, fill_scores
-from alfamix_jax.heads import HeadApply, LinearHead, linear_head_apply
-from alfamix_jax.kmeans import kmeans
-from alfamix_jax.mesh import mesh_size, padded_rows, put_rows, replicated, row_sharding
-from alfamix_jax.select import (
+from alfamix_jax.selection import search
+from alfamix_jax.selection import mixing
+from alfamix_jax.selection.anchors import compute_anchors
+from alfamix_jax.selection.caps import make_caps
+from alfamix_jax.selection.fill import _append, fill_scores
+from alfamix_jax.selection.heads import HeadApply, LinearHead, linear_head_apply
+from alfamix_jax.selection.kmeans import kmeans
+from alfamix_jax.selection.mesh import mesh_size, padded_rows, put_rows, replicated, row_sharding
+from alfamix_jax.selection.selector import (
     DEFAULT_LEARNED,
     Selection,
     _normalise,
@@ -60,7 +60,7 @@ from alfamix_jax.select import (
     search_stats,
     selection_diagnostics,
 )
-from alfamix_jax.validation import validate_head, validate_labels
+from alfamix_jax.selection.validation import validate_head, validate_labels
 
 PAD_LABEL = -2  # padding rows past N: neither labelled nor eligible
 NO_ROW = np.iinfo(np.int32).max
@@ -400,13 +400,13 @@ def make_sharded_selector(
         if isinstance(embeddings, jax.Array):
             if embeddings.shape[0] % devices:
                 raise ValueError(f"embeddings: {embeddings.shape[0]} rows do not split over {devices} devices; "
-                                 f"place them with alfamix_jax.mesh.put_rows(mesh, embeddings)")
+                                 f"place them with alfamix_jax.selection.mesh.put_rows(mesh, embeddings)")
         elif not isinstance(embeddings, np.ndarray):
             raise ValueError(f"embeddings must be a jax.Array on the mesh or a NumPy array / memmap, got "
                              f"{type(embeddings).__name__}")
         elif jax.process_count() > 1:
             raise ValueError("streamed embeddings run in one process; with several processes, place the pool on "
-                             "the mesh with alfamix_jax.mesh.put_rows (each process reads only its own rows)")
+                             "the mesh with alfamix_jax.selection.mesh.put_rows (each process reads only its own rows)")
         elif not use_fast_path:
             raise ValueError("streamed embeddings (a NumPy array / memmap) need the linear head with the "
                              "closed-form alpha; put them on the mesh (mesh.put_rows) for other paths")

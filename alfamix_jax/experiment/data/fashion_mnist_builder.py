@@ -4,13 +4,13 @@ TensorFlow is not needed: the features are plain `Tensor`s (uint8 image, int64 l
 files are array_record, and the generator reads the IDX files with NumPy. Records keep the
 IDX order (shuffling disabled), so record i is row i of the IDX files, as torchvision (and so
 the original ALFA-Mix code) orders them. The builder skips TFDS's global registry: it is only
-ever constructed directly by `alfamix_jax.data.fashion_mnist`.
+ever constructed directly by `alfamix_jax.experiment.data.fashion_mnist`.
 """
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from alfamix_jax.data.idx import find_idx_files, read_image_label_pair
+from alfamix_jax.experiment.data.idx import find_idx_files, read_image_label_pair
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10

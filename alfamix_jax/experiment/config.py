@@ -17,14 +17,14 @@ import types
 import typing
 
 from alfamix_jax.strategies import AlfaMixSettings, BaselineSettings
-from alfamix_jax.training import TrainConfig
+from alfamix_jax.experiment.training import TrainConfig
 
 INITIAL_MODES = ("random", "per_class")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # see alfamix_jax.data.DATASETS
+    name: str = "digits"  # see alfamix_jax.experiment.data.DATASETS
     data_dir: str | None = None  # prepared TFDS data, or the Fashion-MNIST IDX directory
     path: str | None = None  # for "npz" and "folder"
     max_train: int | None = None  # a seeded subset of the pool, for quick runs
@@ -84,7 +84,7 @@ def load_config(name_or_path: str) -> ExperimentConfig:
         spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(f"alfamix_jax.configs.{name_or_path}")
+            module = importlib.import_module(f"alfamix_jax.experiment.configs.{name_or_path}")
         except ModuleNotFoundError:
             raise ValueError(
                 f"--config: {name_or_path!r} is neither a shipped config ({', '.join(shipped_configs())}) "

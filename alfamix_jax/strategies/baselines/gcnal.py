@@ -88,7 +88,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alfamix_jax.baselines.coreset import furthest_first  # the shared greedy k-center
+from alfamix_jax.strategies.baselines.coreset import furthest_first  # the shared greedy k-center
 from alfamix_jax.strategies import PoolView, Query, Strategy
 
 _METHODS = ("core", "uncertain")

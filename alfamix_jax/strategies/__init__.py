@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.mixing import LearnedAlphaConfig
-from alfamix_jax.select import make_alfamix_selector
+from alfamix_jax.selection.mixing import LearnedAlphaConfig
+from alfamix_jax.selection.selector import make_alfamix_selector
 
 
 class PoolView(NamedTuple):
@@ -176,11 +176,11 @@ def make_strategy(name: str, *, budget: int, num_classes: int, alfamix: AlfaMixS
 
 
 def _register_baselines() -> None:
-    """The paper's baselines live in `alfamix_jax.baselines`, one module per family."""
+    """The paper's baselines live in `alfamix_jax.strategies.baselines`, one module per family."""
     import importlib
 
     for module in ("uncertainty", "coreset", "badge", "gcnal", "dropquery", "cdal", "deepfool"):
-        STRATEGIES.update(importlib.import_module(f"alfamix_jax.baselines.{module}").STRATEGIES)
+        STRATEGIES.update(importlib.import_module(f"alfamix_jax.strategies.baselines.{module}").STRATEGIES)
 
 
 _register_baselines()

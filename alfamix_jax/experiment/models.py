@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alfamix_jax.heads import LinearHead
+from alfamix_jax.selection.heads import LinearHead
 
 MODEL_NAMES = ("mlp", "cnn", "resnet18")
 

@@ -11,8 +11,8 @@ its README example uses 1e-3). This is a GPU job: on the 2-core CPU one round
 of ResNet-18 training takes tens of minutes. Expect about 0.2-0.25 accuracy
 at 100 labels, rising with every round, ALFA-Mix above random and entropy.
 """
-from alfamix_jax.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-from alfamix_jax.training import TrainConfig
+from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+from alfamix_jax.experiment.training import TrainConfig
 
 
 def get_config() -> ExperimentConfig:

@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alfamix_jax import candidates as search
-from alfamix_jax import mixing
-from alfamix_jax.anchors import compute_anchors, labelled_anchors
-from alfamix_jax.caps import make_caps
-from alfamix_jax.fill import fill_default, fill_reference
-from alfamix_jax.heads import HeadApply, linear_head_apply, pseudo_labels
-from alfamix_jax.kmeans import kmeans
+from alfamix_jax.selection import search
+from alfamix_jax.selection import mixing
+from alfamix_jax.selection.anchors import compute_anchors, labelled_anchors
+from alfamix_jax.selection.caps import make_caps
+from alfamix_jax.selection.fill import fill_default, fill_reference
+from alfamix_jax.selection.heads import HeadApply, linear_head_apply, pseudo_labels
+from alfamix_jax.selection.kmeans import kmeans
 
 ALPHA_PATHS = ("closed-form", "random", "learned")
 DIVERSITY_MODES = ("kmeans", "random", "top-alpha")  # the paper's diversification ablation

@@ -20,7 +20,7 @@ The model is split once into a static graphdef (train and eval views) and plain 
 `TrainState` holds only arrays, so orbax saves and restores it exactly. Dropout keys are folded
 from the key given to `train` (epoch, batch): a fit is a pure function of its inputs.
 
-Data parallel (`mesh=`, the 1-D "pool" mesh of alfamix_jax.mesh that selection uses): the state
+Data parallel (`mesh=`, the 1-D "pool" mesh of alfamix_jax.selection.mesh that selection uses): the state
 is replicated over the mesh and every batch is split over it along rows, by sharding constraints
 inside the jitted step, so XLA's partitioner computes per-device gradients and all-reduces them
 (jit + NamedSharding, no pmap). The fit is the same function (dropout masks are partitionable
@@ -38,9 +38,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from alfamix_jax.heads import LinearHead, linear_head_apply
-from alfamix_jax.mesh import mesh_size, padded_rows, replicated, row_sharding
-from alfamix_jax.models import linear_head_params
+from alfamix_jax.selection.heads import LinearHead, linear_head_apply
+from alfamix_jax.selection.mesh import mesh_size, padded_rows, replicated, row_sharding
+from alfamix_jax.experiment.models import linear_head_params
 
 OPTIMIZERS = ("adam", "sgd")
 LOOPS = ("auto", "device", "host")
@@ -231,7 +231,7 @@ class Trainer:
 
     def _pool_rows(self) -> tuple[int, ...]:
         """Row counts accepted for the pool x and y: pool_size, or (on a mesh) pool_size padded
-        to a multiple of the mesh size, as `alfamix_jax.mesh.put_rows` lays it out."""
+        to a multiple of the mesh size, as `alfamix_jax.selection.mesh.put_rows` lays it out."""
         if self.mesh is None:
             return (self.pool_size,)
         return tuple(sorted({self.pool_size, padded_rows(self.pool_size, mesh_size(self.mesh))}))
@@ -244,7 +244,7 @@ class Trainer:
 
         With a mesh, keep x on the mesh, replicated (jax.device_put(x, replicated(mesh))) or
         split by rows (put_rows(mesh, x); x and y may then carry its padding rows, never read),
-        both from alfamix_jax.mesh. Anything else is replicated over the mesh on every call."""
+        both from alfamix_jax.selection.mesh. Anything else is replicated over the mesh on every call."""
         n, rows = self.pool_size, self._pool_rows()
         if x.shape[0] not in rows:
             raise ValueError(f"x: got {x.shape[0]} rows; expected pool_size={n}" + (
@@ -588,7 +588,7 @@ def make_trainer(
     final labelled count (e.g. 1100 of a 60000-row pool) makes each epoch's shuffle O(max_labelled)
     instead of O(pool_size). Changing the labelled count below it never recompiles.
 
-    `mesh` (e.g. alfamix_jax.mesh.pool_mesh()): train data-parallel on it. The state is
+    `mesh` (e.g. alfamix_jax.selection.mesh.pool_mesh()): train data-parallel on it. The state is
     replicated over the mesh, every batch split over it along rows (batch_size must be a
     multiple of the mesh size), and eval blocks too (eval_batch_size is rounded up to a multiple
     of the mesh size). States and outputs live on the mesh. None (default): one device, as

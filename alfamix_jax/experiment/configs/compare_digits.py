@@ -10,8 +10,8 @@ BALD's MC-dropout passes differ (every strategy trains the same model). The
 README shows the table, the pairwise matrix and the plots this gives, with the
 machine and the time it took.
 """
-from alfamix_jax.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-from alfamix_jax.training import TrainConfig
+from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+from alfamix_jax.experiment.training import TrainConfig
 
 STRATEGIES = (
     "alfamix", "alfamix_learned", "alfamix_random",

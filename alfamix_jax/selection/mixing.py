@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alfamix_jax.heads import HeadApply
+from alfamix_jax.selection.heads import HeadApply
 
 
 class Block(NamedTuple):

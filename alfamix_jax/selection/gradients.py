@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alfamix_jax.heads import HeadApply
+from alfamix_jax.selection.heads import HeadApply
 
 
 def pseudo_label_loss(head_apply: HeadApply, head_params, z, labels):

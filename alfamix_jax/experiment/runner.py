@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alfamix_jax.checkpoint import RunCheckpointer
-from alfamix_jax.config import INITIAL_MODES, ExperimentConfig, from_dict
+from alfamix_jax.experiment.checkpoint import RunCheckpointer
+from alfamix_jax.experiment.config import INITIAL_MODES, ExperimentConfig, from_dict
 from alfamix_jax.strategies import STRATEGIES, PoolView, make_strategy
-from alfamix_jax.training import check_train_config
+from alfamix_jax.experiment.training import check_train_config
 
 RESULT_COLUMNS = (
     "strategy", "seed", "round", "labelled", "test_accuracy", "train_accuracy", "train_epochs",
@@ -49,7 +49,7 @@ MODELS = ("mlp", "cnn", "resnet18")
 
 def check_config(config: ExperimentConfig) -> None:
     """Cheap checks before any data is loaded (fail fast, name the setting)."""
-    from alfamix_jax.data import check_dataset_args
+    from alfamix_jax.experiment.data import check_dataset_args
 
     check_dataset_args(config.data.name, data_dir=config.data.data_dir, path=config.data.path)
     if config.model.name not in MODELS:
@@ -84,7 +84,7 @@ def check_config(config: ExperimentConfig) -> None:
         raise ValueError(f"train.stop_accuracy must be in (0, 1], got {config.train.stop_accuracy}")
     if config.alfamix.compat not in ("default", "reference"):
         raise ValueError(f"alfamix.compat must be 'default' or 'reference', got {config.alfamix.compat!r}")
-    from alfamix_jax.select import ANCHOR_MODES, DIVERSITY_MODES
+    from alfamix_jax.selection.selector import ANCHOR_MODES, DIVERSITY_MODES
 
     if config.alfamix.diversity not in DIVERSITY_MODES:
         raise ValueError(f"alfamix.diversity must be one of {DIVERSITY_MODES}, got {config.alfamix.diversity!r}")
@@ -185,7 +185,7 @@ class Workbench:
         if seed not in self.initial_states:
             from flax import nnx
 
-            from alfamix_jax.models import make_model
+            from alfamix_jax.experiment.models import make_model
 
             model = make_model(
                 self.config.model.name, input_shape=tuple(self.x_train.shape[1:]), num_classes=self.num_classes,
@@ -212,10 +212,10 @@ def _seed_keys(seed: int):
 def make_workbench(config: ExperimentConfig, log: Callable[[str], None] = print) -> Workbench:
     from flax import nnx
 
-    from alfamix_jax.data import load_dataset
-    from alfamix_jax.mesh import pool_mesh, replicated
-    from alfamix_jax.models import make_model
-    from alfamix_jax.training import make_trainer
+    from alfamix_jax.experiment.data import load_dataset
+    from alfamix_jax.selection.mesh import pool_mesh, replicated
+    from alfamix_jax.experiment.models import make_model
+    from alfamix_jax.experiment.training import make_trainer
 
     d = config.data
     start = time.perf_counter()

@@ -15,8 +15,8 @@ import shutil
 
 import numpy as np
 
-from alfamix_jax.data.idx import find_idx_files
-from alfamix_jax.data.tfds_source import FASHION_MNIST_MEAN_STD, read_records
+from alfamix_jax.experiment.data.idx import find_idx_files
+from alfamix_jax.experiment.data.tfds_source import FASHION_MNIST_MEAN_STD, read_records
 
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"  # Debian/Ubuntu package dataset-fashion-mnist
 CACHE_ENV = "ALFAMIX_JAX_TFDS_DIR"
@@ -62,7 +62,7 @@ def prepare_fashion_mnist(idx_dir: str = DEFAULT_IDX_DIR, cache_dir: str | None 
     """Prepare (once) and return the TFDS builder whose array_record files hold the IDX data."""
     import tensorflow_datasets as tfds
 
-    from alfamix_jax.data.fashion_mnist_builder import FashionMnistIdx
+    from alfamix_jax.experiment.data.fashion_mnist_builder import FashionMnistIdx
 
     files = find_idx_files(idx_dir)
     cache_dir = cache_dir or default_cache_dir()

@@ -23,9 +23,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.gradients import loss_gradient, normalise_rows
-from alfamix_jax.heads import HeadApply, LinearHead
-from alfamix_jax.mixing import Block
+from alfamix_jax.selection.gradients import loss_gradient, normalise_rows
+from alfamix_jax.selection.heads import HeadApply, LinearHead
+from alfamix_jax.selection.mixing import Block
 
 
 class SearchResult(NamedTuple):

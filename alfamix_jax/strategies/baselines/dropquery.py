@@ -25,7 +25,7 @@ labelled pool, is not a query and is not here. Differences:
   "dropout on the classifier's input features" with no normalisation between.
 - Their code does not fill: fewer candidates than the budget (or an empty
   cluster) would break it. We complete the batch as ALFA-Mix does.
-- k-means is ours (`alfamix_jax.kmeans`, greedy k-means++ as in scikit-learn)
+- k-means is ours (`alfamix_jax.selection.kmeans`, greedy k-means++ as in scikit-learn)
   rather than faiss, on the embeddings unnormalised as they do
   (`normalise=True` clusters L2-normalised ones, as ALFA-Mix does). More than
   `max_candidates` candidates: a random subset of that size is clustered.
@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alfamix_jax.fill import fill_default
-from alfamix_jax.select import cluster_candidates, take_all_candidates
+from alfamix_jax.selection.fill import fill_default
+from alfamix_jax.selection.selector import cluster_candidates, take_all_candidates
 
 if TYPE_CHECKING:
     from alfamix_jax.strategies import PoolView, Strategy

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-from alfamix_jax.data.validate import check_dataset
+from alfamix_jax.experiment.data.validate import check_dataset
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare by identity, not elementwise

@@ -12,8 +12,8 @@ AlphaMixSampling --alpha_opt --alpha_closed_form_approx --alpha_cap 0.2`.
 Expect about 0.75 at 100 labels rising past 0.9 by 1100, ALFA-Mix above
 random from the first rounds (the paper's MNIST MLP curves).
 """
-from alfamix_jax.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-from alfamix_jax.training import TrainConfig
+from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+from alfamix_jax.experiment.training import TrainConfig
 
 
 def get_config() -> ExperimentConfig:

@@ -1,0 +1,1 @@
+"""The experiment shell: the active-learning loop, training, models, data, configs, report."""
