@@ -9,10 +9,10 @@ import pytest
 from support import make_pool
 
 from alfamix_jax import LinearHead
+from alfamix_jax.strategies import PoolView
 from alfamix_jax.strategies.baselines import badge, coreset
 from alfamix_jax.strategies.baselines.badge import gradient_factors, make_badge, sq_dists_to_row
 from alfamix_jax.strategies.baselines.coreset import greedy_k_center, make_coreset
-from alfamix_jax.strategies import PoolView
 
 FACTORIES = {"coreset": make_coreset, "badge": make_badge}
 

@@ -12,8 +12,8 @@ import pytest
 from support import count_compiles, make_pool
 
 from alfamix_jax import LinearHead
-from alfamix_jax.strategies.baselines import gcnal
 from alfamix_jax.strategies import PoolView
+from alfamix_jax.strategies.baselines import gcnal
 
 # --- NumPy float64 references, written from the original (gcn_sampling.py, core_set.py) ---
 

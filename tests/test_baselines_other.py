@@ -7,8 +7,8 @@ import pytest
 from support import count_compiles, make_pool
 
 from alfamix_jax import LinearHead
-from alfamix_jax.strategies.baselines import cdal, deepfool, dropquery
 from alfamix_jax.strategies import PoolView
+from alfamix_jax.strategies.baselines import cdal, deepfool, dropquery
 
 # DropQuery compiles k-means (the slow part), so every DropQuery test shares one
 # strategy and one pool shape: N=200, D=64, C=2, budget 5.

@@ -8,6 +8,10 @@ import pytest
 from flax import nnx
 from support import count_compiles
 
+from alfamix_jax.experiment.models import make_model
+from alfamix_jax.experiment.training import TrainConfig, make_trainer
+from alfamix_jax.selection.heads import LinearHead
+from alfamix_jax.strategies import PoolView, make_entropy
 from alfamix_jax.strategies.baselines.uncertainty import (
     STRATEGIES,
     bald_scores,
@@ -17,10 +21,6 @@ from alfamix_jax.strategies.baselines.uncertainty import (
     make_margin,
     margin_scores,
 )
-from alfamix_jax.selection.heads import LinearHead
-from alfamix_jax.experiment.models import make_model
-from alfamix_jax.strategies import PoolView, make_entropy
-from alfamix_jax.experiment.training import TrainConfig, make_trainer
 
 # ---- float64 NumPy references, written from the definitions ---------------------------------
 

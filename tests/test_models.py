@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alfamix_jax.selection.heads import linear_head_apply
 from alfamix_jax.experiment.models import MODEL_NAMES, linear_head_params, make_model
+from alfamix_jax.selection.heads import linear_head_apply
 
 FAMILIES = [("mlp", (6, 5, 1), 256), ("cnn", (8, 8, 1), 128), ("cnn", (12, 10, 3), 128), ("resnet18", (32, 32, 3), 512)]
 

@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 from support import count_compiles
 
-from alfamix_jax.selection.heads import linear_head_apply
 from alfamix_jax.experiment.models import linear_head_params, make_model
 from alfamix_jax.experiment.training import TrainConfig, TrainState, make_optimizer, make_trainer, min_correct_to_stop
+from alfamix_jax.selection.heads import linear_head_apply
 
 N, DIM, CLASSES = 120, 6, 3
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alfamix_jax.selection.mesh import pool_mesh, put_rows
 from alfamix_jax.experiment.models import make_model
 from alfamix_jax.experiment.training import TrainConfig, make_trainer
+from alfamix_jax.selection.mesh import pool_mesh, put_rows
 
 N, DIM, CLASSES, EMBED = 120, 6, 3, 16
 # stop_accuracy > 1: never stop early, so every fit runs all its epochs and rounding differences

@@ -16,8 +16,8 @@ import os
 import types
 import typing
 
-from alfamix_jax.strategies import AlfaMixSettings, BaselineSettings
 from alfamix_jax.experiment.training import TrainConfig
+from alfamix_jax.strategies import AlfaMixSettings, BaselineSettings
 
 INITIAL_MODES = ("random", "per_class")
 

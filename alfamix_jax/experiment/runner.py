@@ -31,8 +31,8 @@ import numpy as np
 
 from alfamix_jax.experiment.checkpoint import RunCheckpointer
 from alfamix_jax.experiment.config import INITIAL_MODES, ExperimentConfig, from_dict
-from alfamix_jax.strategies import STRATEGIES, PoolView, make_strategy
 from alfamix_jax.experiment.training import check_train_config
+from alfamix_jax.strategies import STRATEGIES, PoolView, make_strategy
 
 RESULT_COLUMNS = (
     "strategy", "seed", "round", "labelled", "test_accuracy", "train_accuracy", "train_epochs",
@@ -213,9 +213,9 @@ def make_workbench(config: ExperimentConfig, log: Callable[[str], None] = print)
     from flax import nnx
 
     from alfamix_jax.experiment.data import load_dataset
-    from alfamix_jax.selection.mesh import pool_mesh, replicated
     from alfamix_jax.experiment.models import make_model
     from alfamix_jax.experiment.training import make_trainer
+    from alfamix_jax.selection.mesh import pool_mesh, replicated
 
     d = config.data
     start = time.perf_counter()

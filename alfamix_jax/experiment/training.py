@@ -38,9 +38,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from alfamix_jax.experiment.models import linear_head_params
 from alfamix_jax.selection.heads import LinearHead, linear_head_apply
 from alfamix_jax.selection.mesh import mesh_size, padded_rows, replicated, row_sharding
-from alfamix_jax.experiment.models import linear_head_params
 
 OPTIMIZERS = ("adam", "sgd")
 LOOPS = ("auto", "device", "host")

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alfamix_jax.selection import search
-from alfamix_jax.selection import mixing
+from alfamix_jax.selection import mixing, search
 from alfamix_jax.selection.anchors import compute_anchors, labelled_anchors
 from alfamix_jax.selection.caps import make_caps
 from alfamix_jax.selection.fill import fill_default, fill_reference

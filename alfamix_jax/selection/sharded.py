@@ -44,8 +44,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from alfamix_jax.selection import search
-from alfamix_jax.selection import mixing
+from alfamix_jax.selection import mixing, search
 from alfamix_jax.selection.anchors import compute_anchors
 from alfamix_jax.selection.caps import make_caps
 from alfamix_jax.selection.fill import _append, fill_scores

@@ -16,8 +16,8 @@ weights every round; seeds 1, 10, 100, 1000, 10000; ALFA-Mix closed form
 about 0.6-0.7 at 100 labels to about 0.8 at 1100, ALFA-Mix at or above random.
 """
 from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-from alfamix_jax.strategies import AlfaMixSettings
 from alfamix_jax.experiment.training import TrainConfig
+from alfamix_jax.strategies import AlfaMixSettings
 
 
 def get_config() -> ExperimentConfig:
