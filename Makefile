@@ -20,6 +20,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check alfamix_jax tests experiments
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python experiments/benchmark_selection.py

@@ -1,19 +1,33 @@
-"""alfamix-jax: ALFA-Mix active-learning selection (Parvaneh et al., CVPR 2022) in JAX."""
+"""alfamix-jax: ALFA-Mix active-learning selection (Parvaneh et al., CVPR 2022) in JAX.
+
+The selection core lives in `alfamix_jax.selection`; the strategy interface and the
+paper's baselines in `alfamix_jax.strategies`; the experiment shell (loop, training,
+data, configs, report) in `alfamix_jax.experiment`.
+"""
 from alfamix_jax.selection.anchors import compute_anchors
 from alfamix_jax.selection.caps import exact_caps, make_caps, reference_caps
 from alfamix_jax.selection.heads import LinearHead, linear_head_apply, pseudo_labels
 from alfamix_jax.selection.kmeans import KMeansResult, kmeans, kmeans_plus_plus
-from alfamix_jax.selection.mixing import LearnedAlphaConfig
-from alfamix_jax.selection.selector import Selection, make_alfamix_selector
-from alfamix_jax.selection.validation import validate_pool
+from alfamix_jax.selection.mesh import ShardedPool, pool_mesh, put_rows, shard_pool
+from alfamix_jax.selection.selector import Diagnostics, Selection, Selector, make_alfamix_selector
+from alfamix_jax.selection.settings import LearnedAlphaSettings, SelectorSettings
+from alfamix_jax.strategies import PoolView, Query, Strategy, check_strategy, register_strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnostics",
     "KMeansResult",
-    "LearnedAlphaConfig",
+    "LearnedAlphaSettings",
     "LinearHead",
+    "PoolView",
+    "Query",
     "Selection",
+    "Selector",
+    "SelectorSettings",
+    "ShardedPool",
+    "Strategy",
+    "check_strategy",
     "compute_anchors",
     "exact_caps",
     "kmeans",
@@ -21,7 +35,10 @@ __all__ = [
     "linear_head_apply",
     "make_alfamix_selector",
     "make_caps",
+    "pool_mesh",
     "pseudo_labels",
+    "put_rows",
     "reference_caps",
-    "validate_pool",
+    "register_strategy",
+    "shard_pool",
 ]

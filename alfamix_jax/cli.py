@@ -10,7 +10,6 @@ PyTorch (or any) model already produced. Bad input exits with code 2 and one
 line naming the key or option, and writes no output file.
 """
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -19,7 +18,7 @@ import time
 import numpy as np
 
 from alfamix_jax.io import load_pool, open_embeddings, save_npz_atomic
-from alfamix_jax.selection.validation import validate_pool
+from alfamix_jax.selection.settings import SelectorSettings, SettingError, flat_fields, parse_value, settings_from_flat
 
 PROG = "alfamix-jax"
 
@@ -41,14 +40,35 @@ def _positive_int(name, minimum=1):
     return parse
 
 
-def _cap_step(text):
+def _option(setting: str) -> str:
+    """The CLI option of a selector setting: learned.iters -> --learned-iters."""
+    return "--" + setting.replace(".", "-").replace("_", "-")
+
+
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """One option per selector setting (SelectorSettings is the one list); parsed by its type,
+    checked by SelectorSettings itself."""
+    group = parser.add_argument_group("selector settings (SelectorSettings)")
+    for name, annotation, field in flat_fields():
+        def parse(text, annotation=annotation, name=name):
+            try:
+                return parse_value(text, annotation, _option(name))
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+
+        group.add_argument(_option(name), dest=f"setting:{name}", type=parse, default=None,
+                           metavar=name.rpartition(".")[2].upper(),
+                           help=f"{field.metadata.get('help', '')} (default {field.default})")
+
+
+def settings_from_args(args) -> SelectorSettings:
+    """The selector settings the options give; a bad one is a ValueError naming its option."""
+    given = {key.partition(":")[2]: value for key, value in vars(args).items()
+             if key.startswith("setting:") and value is not None}
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--alpha-cap-step must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"--alpha-cap-step must be a finite number > 0, got {text}")
-    return value
+        return settings_from_flat(given)
+    except SettingError as e:
+        raise ValueError(f"{_option(e.field)}: {str(e).partition(': ')[2]}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,16 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "head_weight [C,D], head_bias [C] (logits = z @ W.T + b)")
     sel.add_argument("--budget", required=True, type=_positive_int("--budget"), help="rows to select")
     sel.add_argument("--output", required=True, help="OUT.npz (written atomically)")
-    sel.add_argument("--alpha-cap-step", type=_cap_step, default=0.2, help="cap increment (default 0.2)")
-    sel.add_argument("--alpha", choices=("closed-form", "learned", "random"), default="closed-form")
-    sel.add_argument("--compat", choices=("default", "reference"), default="default",
-                     help="default fixes the original's defects; reference reproduces its semantics")
     sel.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same selection)")
     sel.add_argument("--repeat", type=_positive_int("--repeat", 0), default=0,
                      help="run R more times and store timing_first_s / timing_steady_s")
-    sel.add_argument("--block-size", type=_positive_int("--block-size"), default=4096, help="rows per block")
-    sel.add_argument("--max-candidates", type=_positive_int("--max-candidates"), default=65536,
-                     help="most candidates k-means clusters (a random subset beyond; diagnostics say so)")
     sel.add_argument("--no-compile-cache", action="store_true",
                      help="do not use the persistent XLA compilation cache")
     sel.add_argument("--embeddings", default=None, metavar="POOL.npy",
@@ -78,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "Closed-form alpha, default compat")
     sel.add_argument("--devices", type=_positive_int("--devices"), default=None,
                      help="with --embeddings: how many of this host's devices the mesh spans (default: all)")
-    sel.add_argument("--stream-block-size", type=_positive_int("--stream-block-size"), default=65536,
-                     help="with --embeddings: rows per device per streamed block (default 65536)")
+    add_setting_options(sel)
 
     run = sub.add_parser("run", help="run (or resume) an active-learning experiment from a config")
     run.add_argument("--config", required=True,
@@ -117,61 +129,50 @@ def _enable_compile_cache():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
-def _streamed_selector(args, num_classes):
-    """The sharded selector over this host's devices, for --embeddings."""
-    if args.alpha != "closed-form" or args.compat != "default":
-        raise ValueError("--embeddings streams the pool with the closed-form alpha and default compat; "
-                         "drop --alpha/--compat, or pass the embeddings inside --input")
+def _pool_mesh(args):
+    """With --embeddings, a mesh of this host's devices (the pool is streamed through it)."""
+    if args.embeddings is None:
+        return None
     import jax
 
     from alfamix_jax.selection.mesh import pool_mesh
-    from alfamix_jax.selection.sharded import make_sharded_selector
 
     local = jax.local_devices()
     if args.devices is not None and args.devices > len(local):
         raise ValueError(f"--devices {args.devices}: this host has {len(local)} device(s)")
-    mesh = pool_mesh(local[: args.devices or len(local)])
-    return make_sharded_selector(
-        mesh=mesh, budget=args.budget, num_classes=num_classes, alpha_cap_step=args.alpha_cap_step,
-        block_size=args.block_size, stream_block_size=args.stream_block_size,
-        max_candidates=max(args.max_candidates, args.budget),
-    )
+    return pool_mesh(local[: args.devices or len(local)])
 
 
 def run_select(args) -> dict:
+    if os.getcwd() not in sys.path:  # a part given as "module:function" may live in the current folder
+        sys.path.insert(0, os.getcwd())
+    settings = settings_from_args(args)  # before anything is read: a bad option fails at once
     if args.embeddings is None:
         pool = load_pool(args.input)
     else:
         pool = load_pool(args.input, keys=("labels", "head_weight", "head_bias"))
         pool["embeddings"] = open_embeddings(args.embeddings)
-    validate_pool(pool["embeddings"], pool["labels"], pool["head_weight"], pool["head_bias"], budget=args.budget,
-                  scan_embeddings=args.embeddings is None)
     if not args.no_compile_cache:
         _enable_compile_cache()
     import jax
-    import jax.numpy as jnp
 
-    from alfamix_jax import LinearHead, make_alfamix_selector
+    from alfamix_jax.selection.heads import LinearHead
+    from alfamix_jax.selection.selector import make_alfamix_selector
 
-    num_classes = pool["head_weight"].shape[0]
+    weight = pool["head_weight"]
+    num_classes = max(2, weight.shape[0]) if weight.ndim == 2 else 2  # a bad head is named by the selector's check
+    select = make_alfamix_selector(budget=args.budget, num_classes=num_classes, settings=settings,
+                                   mesh=_pool_mesh(args))
+    if args.embeddings is not None and not select.streams:
+        raise ValueError("--embeddings: the pool is streamed, which needs the closed-form alpha with the linear "
+                         "shortcut, compat default and built-in anchors and diversity; pass the embeddings inside "
+                         "--input for these settings")
+    head = LinearHead(weight, pool["head_bias"])  # the selector checks every array, naming it, before compiling
     key = jax.random.key(args.seed)
-    if args.embeddings is None:
-        select = make_alfamix_selector(
-            budget=args.budget, num_classes=num_classes, alpha=args.alpha, compat=args.compat,
-            alpha_cap_step=args.alpha_cap_step, block_size=args.block_size,
-            max_candidates=max(args.max_candidates, args.budget),
-        )
-        embeddings = jnp.asarray(pool["embeddings"], jnp.float32)
-        labels = jnp.asarray(pool["labels"], jnp.int32)
-    else:
-        select = _streamed_selector(args, num_classes)
-        embeddings = pool["embeddings"]  # memory-mapped: read block by block
-        labels = np.asarray(pool["labels"], np.int32)
-    head = LinearHead(jnp.asarray(pool["head_weight"], jnp.float32), jnp.asarray(pool["head_bias"], jnp.float32))
 
     def timed():
         start = time.perf_counter()
-        result = jax.block_until_ready(select(key, embeddings, labels, head))
+        result = jax.block_until_ready(select(key, pool["embeddings"], pool["labels"], head))
         return result, time.perf_counter() - start
 
     result, first = timed()
@@ -179,14 +180,13 @@ def run_select(args) -> dict:
     out = dict(
         selected=np.asarray(result.selected).astype(np.int64),
         candidates=np.asarray(result.candidates)[: pool["labels"].shape[0]],  # the mesh pads rows past N
-        **{name: np.asarray(value) for name, value in result.diagnostics.items()},
+        **{name: np.asarray(value) for name, value in result.diagnostics._asdict().items()},
     )
     if args.repeat:
         out["timing_first_s"] = np.float64(first)
         out["timing_steady_s"] = np.float64(statistics.median(steady))
     save_npz_atomic(args.output, out)
     return out
-
 
 def run_experiment_command(args) -> int:
     from alfamix_jax.experiment.config import apply_overrides, load_config

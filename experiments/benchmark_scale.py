@@ -96,43 +96,38 @@ def median_time(jax, fn, repeats):
     return statistics.median(times), times
 
 
-def stage_times(jax, np, select, mesh, key, x, labels, head, args):
-    """Median time of each stage, called as `select` calls them, and the
-    search's read bandwidth (N x D x 4 bytes / its time)."""
+def stage_times(jax, np, select, mesh, key, pool, labels, head, args):
+    """Median time of each jitted stage, called as `select` calls them (the labelled rows'
+    gather, the search with its anchors, the rest: k-means, fill, diagnostics), XLA's
+    scratch memory of each, and the search's read bandwidth (N x D x 4 bytes / its time)."""
+    from alfamix_jax.selection.layout import PAD_LABEL
     from alfamix_jax.selection.mesh import put_rows
-    from alfamix_jax.selection.sharded import PAD_LABEL
 
-    n, dim = labels.shape[0], x.shape[1]
+    n, x = labels.shape[0], pool.rows
+    dim = x.shape[1]
     st = select.stages
     padded = np.full(x.shape[0], PAD_LABEL, np.int32)
     padded[:n] = labels
     labels_on_mesh = put_rows(mesh, padded)
     repeats = max(5, args.repeats)
-    anchors = st["anchors"](x, labels)
-    found, _ = st["search"](key, x, labels_on_mesh, head, anchors)
-    rows, n_valid = st["choose_buffer"](key, found)
-    buffer = st["gather_buffer"](x, rows)
-    picks, _, _ = st["cluster"](key, buffer, rows, n_valid)
+    placed = select._place(pool, labels, head)
+    anchor_x, anchor_y = select._labelled_rows(placed)
+    found, _ = st["search"](key, x, labels_on_mesh, head, anchor_x, anchor_y)
+    finish = st["finish_diversify"]
     calls = dict(
-        anchors=lambda: st["anchors"](x, labels),
-        search=lambda: st["search"](key, x, labels_on_mesh, head, anchors),
-        choose_buffer=lambda: st["choose_buffer"](key, found),
-        gather_buffer=lambda: st["gather_buffer"](x, rows),
-        cluster=lambda: st["cluster"](key, buffer, rows, n_valid),
-        fill=lambda: st["fill"](key, picks, found, labels_on_mesh),
+        labelled_rows=lambda: select._labelled_rows(placed),
+        search=lambda: st["search"](key, x, labels_on_mesh, head, anchor_x, anchor_y),
+        finish=lambda: finish(key, x, labels_on_mesh, found, pool_size=n),
     )
     out = {}
     for name, call in calls.items():
         jax.block_until_ready(call())
         out[f"stage_{name}_s"] = median_time(jax, call, repeats)[0]
     # XLA's own account of each jitted stage's scratch memory (beyond its inputs and outputs).
-    lowered = dict(search=(st["search"], (key, x, labels_on_mesh, head, anchors)),
-                   choose_buffer=(st["choose_buffer"], (key, found)),
-                   gather_buffer=(st["gather_buffer"], (x, rows)),
-                   cluster=(st["cluster"], (key, buffer, rows, n_valid)),
-                   fill=(st["fill"], (key, picks, found, labels_on_mesh)))
-    for name, (fn, fn_args) in lowered.items():
-        analysis = fn.lower(*fn_args).compile().memory_analysis()
+    lowered = dict(search=(st["search"], (key, x, labels_on_mesh, head, anchor_x, anchor_y), {}),
+                   finish=(finish, (key, x, labels_on_mesh, found), dict(pool_size=n)))
+    for name, (fn, fn_args, kwargs) in lowered.items():
+        analysis = fn.lower(*fn_args, **kwargs).compile().memory_analysis()
         out[f"stage_{name}_temp_bytes"] = getattr(analysis, "temp_size_in_bytes", None)
     out["search_s"] = out["stage_search_s"]
     out["search_read_gbs"] = n * dim * 4 / out["search_s"] / 1e9
@@ -148,21 +143,21 @@ def worker(args):
     import jax
     import numpy as np
 
+    from alfamix_jax import ShardedPool, make_alfamix_selector
     from alfamix_jax.selection.mesh import pool_mesh
-    from alfamix_jax.selection.sharded import make_sharded_selector
 
     mesh = pool_mesh()
     n, dim = args.n, args.dim
     x, labels, head = make_problem(jax, np, mesh, n, dim)
     out = dict(n=n, dim=dim, devices=mesh.devices.size, platform=jax.devices()[0].platform,
                device_kind=jax.devices()[0].device_kind, jax_version=jax.__version__, mode=args.mode)
-    select = make_sharded_selector(mesh=mesh, budget=args.budget, num_classes=CLASSES, block_size=args.block_size,
+    select = make_alfamix_selector(mesh=mesh, budget=args.budget, num_classes=CLASSES, block_size=args.block_size,
                                    kmeans_block_size=args.kmeans_block_size,
                                    stream_block_size=args.stream_block_size or args.block_size)
     key = jax.random.key(0)
-    source = x
+    source = x = ShardedPool(x, n)
     if args.mode == "stream":
-        host = np.asarray(jax.device_get(x))[:n]
+        host = np.asarray(jax.device_get(x.rows))[:n]
         del x
         if args.stream_from == "memmap":
             path = os.path.join(args.tmp, f"pool-{n}x{dim}.npy")
@@ -182,8 +177,8 @@ def worker(args):
     again = select(key, source, labels, head)
     out["rerun_identical"] = bool(np.array_equal(np.asarray(again.selected), np.asarray(first.selected)))
     d = first.diagnostics
-    out.update(num_candidates=int(d["num_candidates"]), caps_tried=int(d["caps_tried"]),
-               kmeans_iterations=int(d["kmeans_iterations"]), num_filled=int(d["num_filled"]),
+    out.update(num_candidates=int(d.num_candidates), caps_tried=int(d.caps_tried),
+               kmeans_iterations=int(d.kmeans_iterations), num_filled=int(d.num_filled),
                selected=np.asarray(first.selected).tolist())
     out["device_peak_bytes"] = device_peak(jax)
     if args.mode == "memory":
@@ -277,7 +272,7 @@ def main():
     table_sizes(memory, "(a) pool on the devices")
     if memory:
         print("\nStage times (median s) as `select` calls them:\n")
-        names = ("anchors", "search", "choose_buffer", "gather_buffer", "cluster", "fill")
+        names = ("labelled_rows", "search", "finish")
         print("| N | " + " | ".join(names) + " |")
         print("|---|" + "---|" * len(names))
         for r in memory:

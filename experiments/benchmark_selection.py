@@ -166,7 +166,7 @@ def worker_selection(args):
     steady = [_timed(lambda i=i: call(select, i))[1] for i in range(1, args.repeats + 1)]
     result = call(select, 0)
     peak_rss = peak_rss_bytes()
-    diag = {k: np.asarray(v).tolist() for k, v in result.diagnostics.items()}
+    diag = {k: np.asarray(v).tolist() for k, v in result.diagnostics._asdict().items()}
     selected = np.asarray(result.selected)
 
     memory, aot_s, stage_times = device_memory(jax, select, emb, labels, head, diag, args)
@@ -209,7 +209,7 @@ def device_memory(jax, select, emb, labels, head, diag, args):
     stages = select.stages
     finish_name = "finish_diversify" if diag["num_candidates"] > args.budget else "finish_all"
     finish = stages[finish_name]
-    found = jax.block_until_ready(stages["search"](key, emb, labels, head))
+    found, _ = jax.block_until_ready(stages["search"](key, emb, labels, head))
     # A new selector, so that nothing comes from JAX's in-memory caches:
     # how a cold first call splits into tracing + lowering and XLA compiling.
     from alfamix_jax import make_alfamix_selector
@@ -229,7 +229,7 @@ def device_memory(jax, select, emb, labels, head, diag, args):
     def med(fn):
         return _median_time(jax, fn, args.repeats)
 
-    stage_times = dict(search=med(lambda: stages["search"](key, emb, labels, head)),
+    stage_times = dict(search=med(lambda: stages["search"](key, emb, labels, head)),  # with its anchors
                        finish=med(lambda: finish(key, emb, labels, found)))
     return peak, aot_s, stage_times
 

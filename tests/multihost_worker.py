@@ -31,6 +31,6 @@ assert mesh.devices.size == 2 * num_processes, mesh
 result = run_case(mesh, CASE)
 if process_id == 0:
     np.savez(out, selected=np.asarray(result.selected), devices=mesh.devices.size,
-             num_candidates=np.asarray(result.diagnostics["num_candidates"]),
-             caps_tried=np.asarray(result.diagnostics["caps_tried"]))
+             num_candidates=np.asarray(result.diagnostics.num_candidates),
+             caps_tried=np.asarray(result.diagnostics.caps_tried))
 jax.distributed.shutdown()

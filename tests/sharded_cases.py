@@ -3,8 +3,7 @@ worker, so both run exactly the same selection. Not a test module."""
 import jax
 from support import make_pool
 
-from alfamix_jax.selection.mesh import put_rows
-from alfamix_jax.selection.sharded import make_sharded_selector
+from alfamix_jax import make_alfamix_selector, shard_pool
 
 # More candidates than max_candidates: the subsample, k-means and the fill all run.
 CASE = dict(seed=0, n=2003, dim=16, num_classes=5, labelled=80, sep=0.3, budget=40, block_size=128,
@@ -18,6 +17,6 @@ def case_pool(case=CASE):
 
 def run_case(mesh, case=CASE, **settings):
     x, labels, _, head = case_pool(case)
-    select = make_sharded_selector(mesh=mesh, budget=case["budget"], num_classes=case["num_classes"],
+    select = make_alfamix_selector(mesh=mesh, budget=case["budget"], num_classes=case["num_classes"],
                                    block_size=case["block_size"], max_candidates=case["max_candidates"], **settings)
-    return select(jax.random.key(7), put_rows(mesh, x), labels, head)
+    return select(jax.random.key(7), shard_pool(mesh, x), labels, head)

@@ -32,7 +32,7 @@ def test_top_alpha_takes_the_smallest_mixes():
     """top-alpha = the candidates with the smallest rho (fraction of the way to an anchor that flips them)."""
     x, labels, head = _pool()
     select = make_alfamix_selector(budget=8, num_classes=4, diversity="top-alpha")
-    found = select.stages["search"](jax.random.key(0), x, labels, head)
+    found, _ = select.stages["search"](jax.random.key(0), x, labels, head)
     rho = np.where(np.asarray(found.candidates), np.asarray(found.min_rho), np.inf)
     expected = set(np.argsort(rho, kind="stable")[:8])
     result = select(jax.random.key(0), x, labels, head)

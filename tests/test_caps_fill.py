@@ -1,12 +1,13 @@
 """The cap schedules, the two batch fills, and input validation."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import load_fixture
 
-from alfamix_jax import exact_caps, make_caps, reference_caps, validate_pool
+from alfamix_jax import LinearHead, exact_caps, make_alfamix_selector, make_caps, pool_mesh, reference_caps
 from alfamix_jax.selection.fill import fill_default, fill_reference
 
 FEW = settings(max_examples=15, deadline=None)
@@ -200,16 +201,82 @@ BAD_POOLS = {
 }
 
 
+ENTRIES = ("one-device", "mesh", "streamed")
+
+
+def _select(pool, entry):
+    """The public entry under test: one device, a 2-device mesh (device arrays), or a mesh
+    streaming a NumPy pool."""
+    budget = pool.pop("budget")
+    mesh = None if entry == "one-device" else pool_mesh(jax.devices()[:2])
+    select = make_alfamix_selector(budget=budget, num_classes=3, mesh=mesh)
+    x = pool["embeddings"]
+    if entry == "mesh" and isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        x = jnp.asarray(x)
+    return select(jax.random.key(0), x, pool["labels"], LinearHead(pool["head_weight"], pool["head_bias"]))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("case", BAD_POOLS, ids=list(BAD_POOLS))
-def test_validate_pool_names_the_bad_argument(case):
+def test_every_entry_names_the_bad_argument(case, entry):
     pool, name = BAD_POOLS[case]
-    budget = pool.pop("budget")
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
-        validate_pool(**pool, budget=budget)
+        _select(dict(pool), entry)
 
 
-def test_validate_pool_accepts_a_good_pool():
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_every_entry_accepts_a_good_pool(entry):
+    for budget in (4, 15):  # 15: exactly the unlabelled rows
+        result = _select(dict(good_pool(), budget=budget), entry)
+        assert len(set(np.asarray(result.selected).tolist())) == budget
+
+
+def test_device_labels_are_checked_with_one_reduction():
     pool = good_pool()
-    budget = pool.pop("budget")
-    assert validate_pool(**pool, budget=budget) is None
-    assert validate_pool(**pool, budget=15) is None  # exactly the unlabelled rows
+    labels = jnp.asarray(np.where(np.arange(20) == 7, 3, pool["labels"]), jnp.int32)
+    select = make_alfamix_selector(budget=4, num_classes=3)
+    head = LinearHead(pool["head_weight"], pool["head_bias"])
+    with pytest.raises(ValueError, match=r"labels: got the value 3; expected -1 \(unlabelled\) or a class in"):
+        select(jax.random.key(0), pool["embeddings"], labels, head)
+
+
+def test_a_head_with_more_classes_than_num_classes_is_refused():
+    pool = good_pool()
+    select = make_alfamix_selector(budget=4, num_classes=2)
+    with pytest.raises(ValueError, match=r"head_weight: got a float32 array of shape \(3, 4\); expected .*\(2, 4\)"):
+        select(jax.random.key(0), pool["embeddings"], np.where(pool["labels"] >= 0, pool["labels"] % 2, -1),
+               LinearHead(pool["head_weight"], pool["head_bias"]))
+
+
+def test_any_head_is_checked_against_d_and_num_classes():
+    pool = good_pool()
+    w = jnp.asarray(pool["head_weight"])
+
+    def head_apply(params, z):
+        return z @ params.T
+
+    select = make_alfamix_selector(budget=4, num_classes=3, head_apply=head_apply)
+    with pytest.raises(ValueError, match=r"head_apply\(head_params, z \[n, D=4\]\) failed"):
+        select(jax.random.key(0), pool["embeddings"], pool["labels"], w.T)  # transposed: [4, 3]
+    assert select(jax.random.key(0), pool["embeddings"], pool["labels"], w).selected.shape == (4,)
+    select = make_alfamix_selector(budget=4, num_classes=4, head_apply=head_apply)
+    with pytest.raises(ValueError, match=r"returned float32 array of shape \(2, 3\) for n=2; expected"):
+        select(jax.random.key(0), pool["embeddings"], pool["labels"], w)
+
+
+def test_a_budget_above_the_unlabelled_rows_never_returns_labelled_rows():
+    """The issue's case: 1,700 unlabelled rows and budget 1,900 used to return 200 labelled rows."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1900, 8)).astype(np.float32)
+    labels = np.full(1900, -1, np.int32)
+    labels[:200] = rng.integers(0, 3, 200)
+    head = LinearHead(rng.normal(size=(3, 8)).astype(np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"budget \(1900\) is larger than the number of unlabelled rows \(1700\)"):
+        make_alfamix_selector(budget=1900, num_classes=3)(jax.random.key(0), x, labels, head)
+
+
+def test_the_key_is_checked():
+    pool = good_pool()
+    select = make_alfamix_selector(budget=4, num_classes=3)
+    with pytest.raises(ValueError, match="key: got int"):
+        select(0, pool["embeddings"], pool["labels"], LinearHead(pool["head_weight"], pool["head_bias"]))

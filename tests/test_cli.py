@@ -193,5 +193,40 @@ def test_embeddings_npy_bad_input_exits_2(tmp_path, capsys):
     assert code == 2 and "closed-form" in err
     np.save(tmp_path / "short.npy", x[:200])
     code, _, err = run(base + ["--embeddings", str(tmp_path / "short.npy")], capsys)
-    assert code == 2 and "labels must have shape (200,)" in err
+    assert code == 2 and "labels: got shape (300,); expected (200,)" in err
     assert pool["labels"].shape == (300,)
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--alpha-cap-step", "1e-7", "--alpha-cap-step: got 1e-07, which tries 10000000 caps"),
+    ("--block-size", "0", "--block-size: got 0; expected an integer >= 1"),
+    ("--learned-iters", "0", "--learned-iters: got 0; expected an integer >= 1"),
+    ("--diversity", "greedy", "--diversity: got 'greedy'; expected one of kmeans, random, top-alpha"),
+    ("--anchors", "no_such_module:f", "--anchors: cannot import 'no_such_module:f'"),
+    ("--linear-fast-path", "maybe", "--linear-fast-path: expected bool"),
+])
+def test_every_selector_setting_is_an_option_checked_by_the_settings(tmp_path, capsys, option, value, needle):
+    make_pool(tmp_path / "pool.npz")
+    code, err = exit_code_and_err(["select", "--input", str(tmp_path / "pool.npz"), "--budget", "5", "--output",
+                                   str(tmp_path / "o.npz"), option, value], capsys)
+    assert code == 2 and needle in err
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_a_part_from_a_module_in_the_current_folder(tmp_path, capsys, monkeypatch):
+    """--diversity module:function imports from the folder the command runs in."""
+    pool = make_pool(tmp_path / "pool.npz", n=400, labelled=20)
+    (tmp_path / "my_variants.py").write_text(
+        "import jax.numpy as jnp\n"
+        "def last_rows(key, embeddings, candidates, budget):\n"
+        "    rows = jnp.nonzero(candidates, size=candidates.shape[0], fill_value=-1)[0]\n"
+        "    return jnp.sort(rows)[::-1][:budget].astype(jnp.int32)\n")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["select", "--input", "pool.npz", "--budget", "10", "--output", "out.npz",
+                        "--diversity", "my_variants:last_rows", "--alpha-cap-step", "1", "--no-compile-cache"], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "out.npz") as out:
+        candidates = np.flatnonzero(out["candidates"])
+        assert len(candidates) > 10  # so the function chose (with 10 or fewer, every candidate is taken)
+        np.testing.assert_array_equal(np.sort(out["selected"]), candidates[-10:])
+        assert np.all(pool["labels"][out["selected"]] == -1)

@@ -116,12 +116,12 @@ def test_reference_mode_matches_the_original_run(name):
     d = result.diagnostics
     ulb = fx["ulb_idxs"]
     num_caps = len(fx["step_alpha_caps"])
-    np.testing.assert_allclose(d["caps"][:num_caps], fx["step_alpha_caps"], rtol=1e-7)
-    assert int(d["caps_tried"]) == num_caps
+    np.testing.assert_allclose(d.caps[:num_caps], fx["step_alpha_caps"], rtol=1e-7)
+    assert int(d.caps_tried) == num_caps
     # Cap by cap: the union so far and the flips of each anchor.
-    np.testing.assert_array_equal(d["union_per_cap"][:num_caps], fx["step_cum_candidate"].sum(axis=1))
-    np.testing.assert_array_equal(d["flips_per_anchor"][:num_caps], fx["class_pc"].sum(axis=2))
-    np.testing.assert_array_equal(d["flips_per_cap"][:num_caps], fx["step_pred_change"].sum(axis=1))
+    np.testing.assert_array_equal(d.union_per_cap[:num_caps], fx["step_cum_candidate"].sum(axis=1))
+    np.testing.assert_array_equal(d.flips_per_anchor[:num_caps], fx["class_pc"].sum(axis=2))
+    np.testing.assert_array_equal(d.flips_per_cap[:num_caps], fx["step_pred_change"].sum(axis=1))
     expected = fx["final_candidate"] if "final_candidate" in fx else np.zeros(len(ulb), bool)
     np.testing.assert_array_equal(result.candidates[ulb], expected)
     assert not result.candidates[fx["lb_idxs"]].any()
@@ -137,13 +137,13 @@ def check_batch(fx, result, *, unique):
     num_candidates = int(result.candidates.sum())
     assert selected.shape == (budget,) and selected.dtype == np.int32
     assert not fx["idxs_lb"][selected].any(), "a labelled row was selected"
-    assert int(d["num_candidates"]) == num_candidates
+    assert int(d.num_candidates) == num_candidates
     picked = min(budget, num_candidates)
     picks = selected[:picked]
     assert len(set(picks.tolist())) == picked, "duplicate among the diversity picks"
     assert result.candidates[picks].all()
-    assert int(d["num_filled"]) == budget - picked
-    assert int(d["num_from_candidates"]) >= picked
+    assert int(d.num_filled) == budget - picked
+    assert int(d.num_from_candidates) >= picked
     if num_candidates <= budget:  # every candidate is taken, the rest is a fill
         assert set(picks.tolist()) == set(np.flatnonzero(result.candidates).tolist())
         assert not result.candidates[selected[picked:]].any()
@@ -166,13 +166,13 @@ def test_sep12_default_mode_fixes_q1():
     np.testing.assert_array_equal(fx["final_candidate"], q1 & (fx["pred_1"] != 0))
     result = run("closed_form_sep1.2", "default")
     d = result.diagnostics
-    assert int(d["caps_tried"]) == 5
+    assert int(d.caps_tried) == 5
     candidates = result.candidates[fx["ulb_idxs"]]
     np.testing.assert_array_equal(candidates[~q1], fx["final_candidate"][~q1])
     assert not candidates.any()
     check_batch(fx, result, unique=True)
     # Rows with an exactly zero float32 gradient are counted, and are not candidates.
-    assert int(d["zero_gradient_rows"]) > 0
+    assert int(d.zero_gradient_rows) > 0
 
 
 @pytest.mark.parametrize("compat", ["reference", "default"])
@@ -182,8 +182,8 @@ def test_zero_candidates_still_give_a_batch(compat):
     assert "np.int" in meta(fx)["error"]
     result = run("closed_form_zero_cand", compat)
     budget = int(fx["budget"])
-    assert int(result.diagnostics["num_candidates"]) == 0
-    assert int(result.diagnostics["num_filled"]) == budget
+    assert int(result.diagnostics.num_candidates) == 0
+    assert int(result.diagnostics.num_filled) == budget
     selected = np.asarray(result.selected)
     assert selected.shape == (budget,)
     assert set(selected.tolist()) <= set(fx["ulb_idxs"].tolist())
@@ -197,8 +197,8 @@ def test_fill_count_is_budget_minus_candidates(name):
     m = meta(fx)
     for compat in ("reference", "default"):
         d = run(name, compat).diagnostics
-        assert int(d["num_candidates"]) == m["n_candidates_final"]
-        assert int(d["num_filled"]) == m["n_random_fill"] == int(fx["budget"]) - m["n_candidates_final"]
+        assert int(d.num_candidates) == m["n_candidates_final"]
+        assert int(d.num_filled) == m["n_random_fill"] == int(fx["budget"]) - m["n_candidates_final"]
 
 
 @pytest.mark.parametrize("name", [n for n in CLOSED_FORM if n != "closed_form_sep1.2"])
@@ -211,7 +211,7 @@ def test_default_mode_on_fixtures(name):
     check_batch(fx, result, unique=True)
     expected = run(name, "reference").candidates
     np.testing.assert_array_equal(result.candidates, expected)
-    assert int(result.diagnostics["zero_gradient_rows"]) == 0
+    assert int(result.diagnostics.zero_gradient_rows) == 0
 
 
 def test_kmeans_quality_close_to_the_original():
@@ -219,7 +219,7 @@ def test_kmeans_quality_close_to_the_original():
     # to scikit-learn's on the original's run (a different RNG, so not equal).
     for name in ("closed_form", "closed_form_relu"):
         fx = fixture(name)
-        ours = [float(run(name, "reference", seed).diagnostics["kmeans_inertia"]) for seed in range(2)]
+        ours = [float(run(name, "reference", seed).diagnostics.kmeans_inertia) for seed in range(2)]
         theirs = meta(fx)["kmeans_inertia"]
         assert np.mean(ours) <= 1.15 * theirs, (name, ours, theirs)
 
@@ -242,9 +242,9 @@ def test_random_and_learned_alpha_statistics(name, alpha):
     for seed in range(3):
         result = jax.device_get(select(jax.random.key(seed), x, labels, head))
         d = result.diagnostics
-        assert int(d["caps_tried"]) == num_caps
+        assert int(d.caps_tried) == num_caps
         assert not result.candidates[fx["lb_idxs"]].any()
-        unions.append(d["union_per_cap"][:num_caps])
+        unions.append(d.union_per_cap[:num_caps])
         check_batch(fx, result, unique=False)
     mean = np.mean(unions, axis=0)
     if alpha == "random":

@@ -53,17 +53,17 @@ def test_candidates_equal_oracle(compat, fast):
         expected = oracle_search(x, labels, head, compat, budget, step)
         result = selector(compat, fast, budget, step)(jax.random.key(seed), x, labels, head)
         d = result.diagnostics
-        ignored += oracle.compare(result.candidates, d["caps_tried"], expected, budget)
-        tried = int(d["caps_tried"])
+        ignored += oracle.compare(result.candidates, d.caps_tried, expected, budget)
+        tried = int(d.caps_tried)
         stops.add(tried)
         # Per-anchor flip counts: the anchors are the right class means, in class order.
         flips = expected.flips[:tried].sum(axis=2)  # [S, K]
         slack = expected.ambiguous[:tried].sum(axis=1, keepdims=True)
-        assert np.all(np.abs(np.asarray(d["flips_per_anchor"])[:tried] - flips) <= slack)
-        assert np.all(np.asarray(d["flips_per_anchor"])[tried:] == 0)
+        assert np.all(np.abs(np.asarray(d.flips_per_anchor)[:tried] - flips) <= slack)
+        assert np.all(np.asarray(d.flips_per_anchor)[tried:] == 0)
         union_slack = expected.ambiguous[:tried].any(axis=0).sum()
-        assert np.all(np.abs(np.asarray(d["union_per_cap"])[:tried] - expected.union_per_cap[:tried]) <= union_slack)
-        assert int(d["num_candidates"]) == int(np.sum(result.candidates)) > budget
+        assert np.all(np.abs(np.asarray(d.union_per_cap)[:tried] - expected.union_per_cap[:tried]) <= union_slack)
+        assert int(d.num_candidates) == int(np.sum(result.candidates)) > budget
     # Non-vacuous: the seeds stop early at different caps, and ambiguous rows
     # are rare, not what makes the test pass.
     assert len(stops) > 1 and max(stops) < 5
@@ -85,13 +85,13 @@ def test_cap_schedule_used_by_search(compat, fast, step, expected_caps):
     expected = oracle_search(x, labels, head, compat, budget, step)
     result = selector(compat, fast, budget, step)(jax.random.key(0), x, labels, head)
     d = result.diagnostics
-    np.testing.assert_allclose(np.asarray(d["caps"]), expected_caps, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(d.caps), expected_caps, rtol=1e-6)
     np.testing.assert_allclose(expected.caps, expected_caps, rtol=1e-12)
-    assert int(d["caps_tried"]) == len(expected_caps)
-    oracle.compare(result.candidates, d["caps_tried"], expected, budget)
+    assert int(d.caps_tried) == len(expected_caps)
+    oracle.compare(result.candidates, d.caps_tried, expected, budget)
     # The union grows cap by cap as the oracle's does.
     slack = expected.ambiguous.any(axis=0).sum()
-    assert np.all(np.abs(np.asarray(d["union_per_cap"]) - expected.union_per_cap) <= slack)
+    assert np.all(np.abs(np.asarray(d.union_per_cap) - expected.union_per_cap) <= slack)
 
 
 def one_dimensional_case():
@@ -117,7 +117,7 @@ def test_known_answer_on_a_line(compat, fast):
     select = selector(compat, fast, budget, 0.2, num_classes=2)
     d = select(jax.random.key(0), x, labels, head).diagnostics
     expected_union = [np.sum(first_cap <= s) for s in range(5)]  # 2, 3, 3, 4, 5
-    np.testing.assert_array_equal(np.asarray(d["union_per_cap"]), expected_union)
+    np.testing.assert_array_equal(np.asarray(d.union_per_cap), expected_union)
     expected = oracle_search(x, labels, head, compat, budget, 0.2, num_classes=2)
     np.testing.assert_array_equal(expected.union_per_cap, expected_union)
 
@@ -128,7 +128,7 @@ def test_known_answer_early_stop(compat, fast):
     # than 2), the second adds row 2 (3 > 2): stop after two caps, 3 candidates.
     x, labels, head, _ = one_dimensional_case()
     result = selector(compat, fast, 2, 0.2, num_classes=2)(jax.random.key(0), x, labels, head)
-    assert int(result.diagnostics["caps_tried"]) == 2
+    assert int(result.diagnostics.caps_tried) == 2
     np.testing.assert_array_equal(np.asarray(result.candidates), [True, True, True, False, False, False, False])
     selected = np.asarray(result.selected)
     assert len(selected) == 2 and set(selected) <= {0, 1, 2}

@@ -60,12 +60,12 @@ def test_selection_invariants(compat, alpha, pool, seed):
     assert np.all(unlabelled[selected]), "a labelled row was selected"
     assert not np.any(candidates & ~unlabelled), "a labelled row is a candidate"
     num_candidates = int(candidates.sum())
-    assert int(d["num_candidates"]) == num_candidates
+    assert int(d.num_candidates) == num_candidates
 
     # The early stop: the union grows, and the search stops right after the
     # first cap at which it holds more than `budget` rows.
-    tried = int(d["caps_tried"])
-    union = np.asarray(d["union_per_cap"])
+    tried = int(d.caps_tried)
+    union = np.asarray(d.union_per_cap)
     assert 1 <= tried <= len(union)
     assert np.all(np.diff(union[:tried]) >= 0) and union[tried - 1] == num_candidates
     assert np.all(union[: tried - 1] <= BUDGET)
@@ -77,7 +77,7 @@ def test_selection_invariants(compat, alpha, pool, seed):
             assert candidates[selected].all(), "a non-candidate selected while candidates were left"
         else:  # every candidate is in the batch
             assert set(np.flatnonzero(candidates).tolist()) <= set(selected.tolist())
-        assert int(d["num_from_candidates"]) == min(BUDGET, num_candidates)
+        assert int(d.num_from_candidates) == min(BUDGET, num_candidates)
 
     # Same key, same selection, bit for bit.
     again = jax.device_get(select(jax.random.key(seed), x, labels, head))
@@ -106,7 +106,7 @@ def test_default_mode_never_takes_zero_gradient_rows(alpha, fast):
     x, labels, head, rows = saturated_pool(0)
     for seed in range(3):
         result = selector("default", alpha, fast=fast)(jax.random.key(seed), x, labels, head)
-        assert int(result.diagnostics["zero_gradient_rows"]) == len(rows)
+        assert int(result.diagnostics.zero_gradient_rows) == len(rows)
         assert not np.asarray(result.candidates)[rows].any()
     # Non-vacuous: reference mode reproduces the original's NaN artefact (Q1)
     # on exactly these rows (pseudo-label not 0), so they are candidates there.
@@ -151,10 +151,10 @@ def test_jit_equals_eager_through_kmeans(compat):
     x, labels, _, head = make_pool(11, n=N, dim=DIM, num_classes=NUM_CLASSES, labelled=16, sep=0.3)
     jitted = jax.device_get(selector(compat, "closed-form")(jax.random.key(5), x, labels, head))
     eager = jax.device_get(selector(compat, "closed-form", jit=False)(jax.random.key(5), x, labels, head))
-    assert int(jitted.diagnostics["num_candidates"]) > BUDGET
+    assert int(jitted.diagnostics.num_candidates) > BUDGET
     np.testing.assert_array_equal(eager.candidates, jitted.candidates)
     for name in ("caps_tried", "union_per_cap", "flips_per_anchor", "num_candidates", "kmeans_iterations"):
-        np.testing.assert_array_equal(eager.diagnostics[name], jitted.diagnostics[name], err_msg=name)
+        np.testing.assert_array_equal(getattr(eager.diagnostics, name), getattr(jitted.diagnostics, name), err_msg=name)
     assert_same_up_to_kmeans_ties(jitted, eager)
 
 
@@ -167,9 +167,9 @@ def test_jit_equals_eager_random_draws_and_fill(compat, alpha):
     x, labels, _, head = make_pool(1, n=N, dim=DIM, num_classes=NUM_CLASSES, labelled=N - BUDGET)
     jitted = jax.device_get(selector(compat, alpha)(jax.random.key(6), x, labels, head))
     eager = jax.device_get(selector(compat, alpha, jit=False)(jax.random.key(6), x, labels, head))
-    assert 0 < int(jitted.diagnostics["num_candidates"]) <= BUDGET
+    assert 0 < int(jitted.diagnostics.num_candidates) <= BUDGET
     np.testing.assert_array_equal(eager.candidates, jitted.candidates)
-    np.testing.assert_array_equal(eager.diagnostics["union_per_cap"], jitted.diagnostics["union_per_cap"])
+    np.testing.assert_array_equal(eager.diagnostics.union_per_cap, jitted.diagnostics.union_per_cap)
     np.testing.assert_array_equal(eager.selected, jitted.selected)
 
 
@@ -193,12 +193,12 @@ def test_fast_path_equals_general_path(pool, seed):
         literal=False, require_direction=True,
     )
     for result in (fast, general):
-        oracle.compare(result.candidates, result.diagnostics["caps_tried"], expected, BUDGET,
+        oracle.compare(result.candidates, result.diagnostics.caps_tried, expected, BUDGET,
                        max_ambiguous_fraction=0.1)
     if not expected.ambiguous.any():  # the usual case: identical results, down to the batch
         np.testing.assert_array_equal(fast.candidates, general.candidates)
         np.testing.assert_array_equal(fast.selected, general.selected)
-        assert int(fast.diagnostics["caps_tried"]) == int(general.diagnostics["caps_tried"])
+        assert int(fast.diagnostics.caps_tried) == int(general.diagnostics.caps_tried)
 
 
 class MLPHead(nn.Module):
@@ -232,7 +232,7 @@ def test_flax_mlp_head_matches_numpy_flip_rule(compat, seed):
         x, labels, numpy_head, NUM_CLASSES, BUDGET, caps, literal=reference, require_direction=not reference
     )
     result = selector(compat, "closed-form", head_apply=mlp_apply)(jax.random.key(seed), x, labels, params)
-    oracle.compare(result.candidates, result.diagnostics["caps_tried"], expected, BUDGET, max_ambiguous_fraction=0.1)
+    oracle.compare(result.candidates, result.diagnostics.caps_tried, expected, BUDGET, max_ambiguous_fraction=0.1)
     selected = np.asarray(result.selected)
     assert np.all(labels[selected] == -1)
 
@@ -271,5 +271,5 @@ def test_fused_program_equals_two_stages():
         b = jax.device_get(fused(jax.random.key(seed), x, labels, head))
         np.testing.assert_array_equal(a.candidates, b.candidates)
         for name in ("caps_tried", "num_candidates", "num_filled", "num_from_candidates"):
-            np.testing.assert_array_equal(a.diagnostics[name], b.diagnostics[name], err_msg=name)
+            np.testing.assert_array_equal(getattr(a.diagnostics, name), getattr(b.diagnostics, name), err_msg=name)
         assert_same_up_to_kmeans_ties(a, b)

@@ -66,9 +66,9 @@ def test_no_recompile_after_round_one(settings):
     for result, _, compiles in later:
         # Every round clusters (more candidates than the budget), so round one
         # compiled the same programs these rounds run.
-        assert int(result.diagnostics["num_candidates"]) > BUDGET
+        assert int(result.diagnostics.num_candidates) > BUDGET
         assert compiles == 0, f"{compiles} compilations in a later round"
-    assert int(first.diagnostics["num_candidates"]) > BUDGET
+    assert int(first.diagnostics.num_candidates) > BUDGET
     if head_apply is not None:
         assert traced_in_round_one > 0 and counting.calls == traced_in_round_one
 

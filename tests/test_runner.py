@@ -301,7 +301,7 @@ def test_bad_configs_fail_fast_with_a_clear_message(tmp_path, overrides, message
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert time.time() - start < 60
-    assert not (tmp_path / "w" / "runs").exists()  # nothing was run
+    assert not (tmp_path / "w").exists()  # nothing was run, nothing written
 
 
 def test_workdir_refuses_a_different_config(tmp_path):
@@ -388,3 +388,57 @@ def test_bald_without_dropout_is_refused():
 
     with pytest.raises(ValueError, match="model.dropout"):
         check_config(small_config(strategies=("bald",)))
+
+
+# --------------------------------------------------------------------------- checks before writes, every batch checked
+
+
+def test_a_refused_run_writes_nothing(tmp_path):
+    """check_config and the data-dependent check_pool both come before the first write."""
+    workdir = tmp_path / "new"
+    with pytest.raises(ValueError, match="strategies: 'nope' is unknown"):
+        run_experiment(small_config(strategies=("nope",)), str(workdir), **QUIET)
+    assert not workdir.exists()
+    with pytest.raises(ValueError, match="the protocol labels 520 rows"):
+        run_experiment(small_config(loop=LoopConfig(initial_size=20, budget=250, rounds=2)), str(workdir), **QUIET)
+    assert not workdir.exists()
+
+
+@pytest.fixture
+def registry():
+    from alfamix_jax.strategies import STRATEGIES
+
+    saved = dict(STRATEGIES)
+    yield
+    STRATEGIES.clear()
+    STRATEGIES.update(saved)
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("short", r"^strategy 'faulty' returned 8 rows in round 1; expected budget=10$"),
+    ("float", r"^strategy 'faulty' returned float32 indices in round 1; expected an integer dtype"),
+    ("labelled", r"^strategy 'faulty' returned row \d+ in round 1, which is already labelled; expected unlabelled"),
+])
+def test_the_runner_checks_every_batch(tmp_path, registry, fault, message):
+    import jax.numpy as jnp
+
+    from alfamix_jax.strategies import Query, register_strategy, top_unlabelled
+
+    def make_faulty(*, budget, **_):
+        def query(key, view):
+            rows = top_unlabelled(jnp.zeros(view.labels.shape), view.labels, budget)
+            if fault == "short":
+                rows = rows[:-2]
+            elif fault == "float":
+                rows = rows.astype(jnp.float32)
+            else:
+                rows = rows.at[0].set(jnp.argmax(view.labels >= 0))
+            return Query(rows, {})
+
+        return query
+
+    register_strategy("faulty", make_faulty)
+    config = small_config(strategies=("faulty",), seeds=(1,), loop=LoopConfig(initial_size=20, budget=10, rounds=1),
+                          train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=2))
+    with pytest.raises(ValueError, match=message):
+        run_experiment(config, str(tmp_path), **QUIET)

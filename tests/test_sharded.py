@@ -1,4 +1,4 @@
-"""Selection on a device mesh (alfamix_jax.selection.sharded): the same batch on 1, 2, 4
+"""Selection on a device mesh (`make_alfamix_selector(mesh=...)`): the same batch on 1, 2, 4
 and 8 devices, in two processes, streamed from a file, and as the
 one-device selector. conftest.py gives this process 8 CPU devices."""
 import os
@@ -13,9 +13,9 @@ import pytest
 from sharded_cases import CASE, case_pool, run_case
 from support import count_compiles
 
-from alfamix_jax import make_alfamix_selector
-from alfamix_jax.selection.mesh import pool_mesh, put_rows
-from alfamix_jax.selection.sharded import global_top_k, make_sharded_selector
+from alfamix_jax import make_alfamix_selector, shard_pool
+from alfamix_jax.selection.layout import Rows
+from alfamix_jax.selection.mesh import pool_mesh
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 EXACT_DIAGNOSTICS = ("caps_tried", "flips_per_cap", "union_per_cap", "flips_per_anchor", "num_candidates",
@@ -31,7 +31,8 @@ def assert_same(a, b, n=CASE["n"]):
     np.testing.assert_array_equal(np.asarray(a.selected), np.asarray(b.selected))
     np.testing.assert_array_equal(np.asarray(a.candidates)[:n], np.asarray(b.candidates)[:n])
     for name in EXACT_DIAGNOSTICS:
-        np.testing.assert_array_equal(np.asarray(a.diagnostics[name]), np.asarray(b.diagnostics[name]), err_msg=name)
+        got, want = getattr(a.diagnostics, name), getattr(b.diagnostics, name)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
 
 
 def one_device(case=CASE, **settings):
@@ -54,8 +55,8 @@ def test_same_selection_on_1_2_4_8_devices(by_devices):
     first = by_devices[1]
     d = first.diagnostics
     # The case exercises every stage: more candidates than the k-means buffer, k-means, a valid batch.
-    assert int(d["num_candidates"]) > CASE["max_candidates"] and bool(d["candidates_subsampled"])
-    assert int(d["kmeans_iterations"]) > 0
+    assert int(d.num_candidates) > CASE["max_candidates"] and bool(d.candidates_subsampled)
+    assert int(d.kmeans_iterations) > 0
     selected = np.asarray(first.selected)
     assert len(set(selected.tolist())) == CASE["budget"]
     _, labels, _, _ = case_pool()
@@ -78,14 +79,14 @@ def test_the_candidate_count_is_global():
     the first cap's global count stops after one cap on every mesh, though no
     single device holds that many."""
     x, labels, _, head = case_pool()
-    first_cap = int(one_device().diagnostics["flips_per_cap"][0])
+    first_cap = int(one_device().diagnostics.flips_per_cap[0])
     budget = first_cap - 1
     for k in (1, 8):
         mesh = mesh_of(k)
-        select = make_sharded_selector(mesh=mesh, budget=budget, num_classes=5, block_size=128, max_candidates=512)
-        result = select(jax.random.key(7), put_rows(mesh, x), labels, head)
-        assert int(result.diagnostics["caps_tried"]) == 1
-        assert int(result.diagnostics["num_candidates"]) == first_cap
+        select = make_alfamix_selector(mesh=mesh, budget=budget, num_classes=5, block_size=128, max_candidates=512)
+        result = select(jax.random.key(7), shard_pool(mesh, x), labels, head)
+        assert int(result.diagnostics.caps_tried) == 1
+        assert int(result.diagnostics.num_candidates) == first_cap
         per_device = np.asarray(result.candidates).reshape(k, -1).sum(axis=1)
         if k == 8:
             assert per_device.max() <= budget  # the stop could not have been decided locally
@@ -114,12 +115,12 @@ def test_other_paths_match_across_meshes_and_one_device(settings):
         runs = []
         for k in (1, 8):
             mesh = mesh_of(k)
-            select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128,
+            select = make_alfamix_selector(mesh=mesh, budget=40, num_classes=5, block_size=128,
                                            max_candidates=256, **settings)
-            runs.append(select(jax.random.key(7), put_rows(mesh, x), labels, params))
+            runs.append(select(jax.random.key(7), shard_pool(mesh, x), labels, params))
         reference = make_alfamix_selector(budget=40, num_classes=5, block_size=128, max_candidates=256,
                                           **settings)(jax.random.key(7), jnp.asarray(x), jnp.asarray(labels), params)
-        assert int(reference.diagnostics["num_candidates"]) > 0
+        assert int(reference.diagnostics.num_candidates) > 0
     else:
         runs = [run_case(mesh_of(k), **settings) for k in (1, 8)]
         reference = one_device(**settings)
@@ -130,8 +131,8 @@ def test_other_paths_match_across_meshes_and_one_device(settings):
 def test_few_candidates_are_all_taken_then_filled():
     case = dict(CASE, sep=2.0, budget=300, max_candidates=512)  # well separated: fewer candidates than the budget
     reference = one_device(case)
-    assert 0 < int(reference.diagnostics["num_candidates"]) < 300
-    assert int(reference.diagnostics["num_filled"]) > 0
+    assert 0 < int(reference.diagnostics.num_candidates) < 300
+    assert int(reference.diagnostics.num_filled) > 0
     assert_same(run_case(mesh_of(8), case), reference)
 
 
@@ -143,21 +144,21 @@ def test_streamed_from_a_memory_mapped_file_is_the_same(tmp_path, by_devices, k)
     mapped = np.load(path, mmap_mode="r")
     mesh = mesh_of(k)
     # A small block so the pool takes many streamed steps, with a padded last one.
-    select = make_sharded_selector(mesh=mesh, budget=CASE["budget"], num_classes=5, block_size=CASE["block_size"],
+    select = make_alfamix_selector(mesh=mesh, budget=CASE["budget"], num_classes=5, block_size=CASE["block_size"],
                                    max_candidates=CASE["max_candidates"], prefetch=3)
     streamed = select(jax.random.key(7), mapped, labels, head)
-    in_memory = make_sharded_selector(mesh=mesh, budget=CASE["budget"], num_classes=5,
+    in_memory = make_alfamix_selector(mesh=mesh, budget=CASE["budget"], num_classes=5,
                                       block_size=CASE["block_size"], max_candidates=CASE["max_candidates"])
-    assert_same(streamed, in_memory(jax.random.key(7), put_rows(mesh, x), labels, head))
+    assert_same(streamed, in_memory(jax.random.key(7), shard_pool(mesh, x), labels, head))
     assert_same(streamed, by_devices[1])
 
 
-def test_global_top_k_matches_lax_top_k_with_ties():
+def test_top_k_over_a_mesh_matches_lax_top_k_with_ties():
     values = jnp.asarray(np.random.default_rng(0).integers(0, 5, 64).astype(np.float32))  # many ties
     want_v, want_i = jax.lax.top_k(values, 10)
     for k in (1, 2, 4, 8):
         mesh = mesh_of(k)
-        got_v, got_i = jax.shard_map(lambda v: global_top_k(v, 10, "pool"), mesh=mesh,
+        got_v, got_i = jax.shard_map(lambda v: Rows("pool").top_k(v, 10), mesh=mesh,
                                      in_specs=jax.sharding.PartitionSpec("pool"),
                                      out_specs=jax.sharding.PartitionSpec(), check_vma=False)(values)
         np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
@@ -167,8 +168,8 @@ def test_global_top_k_matches_lax_top_k_with_ties():
 def test_next_round_does_not_recompile():
     x, labels, _, head = case_pool()
     mesh = mesh_of(4)
-    select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
-    xs = put_rows(mesh, x)
+    select = make_alfamix_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
+    xs = shard_pool(mesh, x)
     first = select(jax.random.key(1), xs, labels, head)
     labels = labels.copy()
     labels[np.asarray(first.selected)] = 0  # label the batch: same labelled-buffer size bucket (80 -> 120 rows)
@@ -177,26 +178,35 @@ def test_next_round_does_not_recompile():
     assert compiles[0] == 0
 
 
-def test_bad_input_is_named():
+def test_a_labels_array_one_row_short_is_refused_on_a_mesh():
+    """A padded pool cannot hide a short labels array: the ShardedPool carries its size."""
     x, labels, _, head = case_pool()
-    mesh = mesh_of(4)
-    select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
-    xs = put_rows(mesh, x)
-    with pytest.raises(ValueError, match="labels must be a 1-D NumPy integer array"):
-        select(jax.random.key(0), xs, jnp.asarray(labels), head)
-    with pytest.raises(ValueError, match="put_rows"):
-        select(jax.random.key(0), jnp.asarray(x[:2001]), labels[:2001], head)
-    with pytest.raises(ValueError, match="no labelled row"):
-        select(jax.random.key(0), xs, np.full_like(labels, -1), head)
-    with pytest.raises(ValueError, match=r"budget \(3000\) is larger"):
-        make_sharded_selector(mesh=mesh, budget=3000, num_classes=5, max_candidates=4096)(
-            jax.random.key(0), xs, labels, head)
-    with pytest.raises(ValueError, match="labels must be -1"):
-        select(jax.random.key(0), xs, np.where(labels == 0, 7, labels).astype(np.int32), head)
-    with pytest.raises(ValueError, match="streamed embeddings"):
-        make_sharded_selector(mesh=mesh, budget=40, num_classes=5, alpha="random")(jax.random.key(0), x, labels, head)
-    with pytest.raises(ValueError, match="max_candidates"):
-        make_sharded_selector(mesh=mesh, budget=40, num_classes=5, max_candidates=10)
+    mesh = mesh_of(8)
+    select = make_alfamix_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
+    for embeddings in (shard_pool(mesh, x), jnp.asarray(x), x):
+        with pytest.raises(ValueError, match=r"labels: got shape \(2002,\); expected \(2003,\)"):
+            select(jax.random.key(0), embeddings, labels[:-1], head)
+
+
+def test_a_pool_that_does_not_split_evenly_is_placed_by_the_selector(by_devices):
+    """A plain [N, D] array with N not a multiple of the device count is padded and placed."""
+    x, labels, _, head = case_pool()
+    select = make_alfamix_selector(mesh=mesh_of(8), budget=CASE["budget"], num_classes=5,
+                                   block_size=CASE["block_size"], max_candidates=CASE["max_candidates"])
+    assert_same(select(jax.random.key(7), jnp.asarray(x), jnp.asarray(labels), head), by_devices[1])
+
+
+def test_one_device_features_are_refused_on_a_larger_mesh_and_run_on_a_mesh_of_one():
+    x, labels, _, head = case_pool()
+    for settings, needle in ((dict(compat="reference"), "compat"), (dict(anchors="labelled"), "anchors"),
+                             (dict(fused=True), "fused")):
+        with pytest.raises(ValueError, match=f"{needle}.* runs on one device, not on a mesh of 4"):
+            make_alfamix_selector(mesh=mesh_of(4), budget=40, num_classes=5, **settings)
+        on_one = make_alfamix_selector(mesh=mesh_of(1), budget=40, num_classes=5, block_size=128,
+                                       max_candidates=256, **settings)
+        without = make_alfamix_selector(budget=40, num_classes=5, block_size=128, max_candidates=256, **settings)
+        np.testing.assert_array_equal(np.asarray(on_one(jax.random.key(3), x, labels, head).selected),
+                                      np.asarray(without(jax.random.key(3), x, labels, head).selected))
 
 
 def _free_port():
@@ -225,7 +235,7 @@ def test_two_processes_on_loopback_select_the_same_batch(tmp_path, by_devices):
     with np.load(out) as got:
         assert int(got["devices"]) == 4
         np.testing.assert_array_equal(got["selected"], np.asarray(by_devices[1].selected))
-        assert int(got["num_candidates"]) == int(by_devices[1].diagnostics["num_candidates"])
+        assert int(got["num_candidates"]) == int(by_devices[1].diagnostics.num_candidates)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
@@ -235,11 +245,11 @@ def test_nan_rows_are_refused_with_their_row(streamed):
     x = x.copy()
     x[unlabelled, 3] = np.nan
     mesh = mesh_of(2)
-    select = make_sharded_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
+    select = make_alfamix_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256)
     with pytest.raises(ValueError, match=f"embeddings: row {unlabelled} "):
-        select(jax.random.key(0), x if streamed else put_rows(mesh, x), labels, head)
-    labelled = int(np.flatnonzero(labels >= 0)[0])
+        select(jax.random.key(0), x if streamed else shard_pool(mesh, x), labels, head)
+    labelled = int(np.flatnonzero(labels >= 0)[3])
     x[unlabelled, 3] = 0.0
-    x[labelled, 0] = np.inf
-    with pytest.raises(ValueError, match="a labelled row holds NaN/inf"):
-        select(jax.random.key(0), x if streamed else put_rows(mesh, x), labels, head)
+    x[labelled, 0] = np.inf  # its class anchor is not finite either: the row is still the one named
+    with pytest.raises(ValueError, match=f"embeddings: row {labelled} "):
+        select(jax.random.key(0), x if streamed else shard_pool(mesh, x), labels, head)

@@ -197,3 +197,54 @@ def test_runner_data_parallel(tmp_path):
     assert [r["labelled"] for r in parallel] == [r["labelled"] for r in single] == [20, 30]
     for p, s in zip(parallel, single, strict=True):
         assert p["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0.02)
+
+
+def test_runner_selects_on_the_pool_mesh(tmp_path, monkeypatch):
+    """train.data_parallel: the ALFA-Mix presets get the runner's pool mesh of 8 devices and their
+    selector splits the pool over it; a preset whose settings need one device (labelled anchors)
+    gets mesh=None and the log says so, once per strategy. Both query valid batches (the runner
+    checks every batch with check_query)."""
+    from alfamix_jax.experiment.checkpoint import RunCheckpointer
+    from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+    from alfamix_jax.experiment.runner import Workbench, run_dir, run_experiment
+    from alfamix_jax.strategies import alfamix as presets
+
+    built = []
+
+    def spy(**kwargs):
+        selector = make_selector(**kwargs)
+        built.append((kwargs["settings"].anchors, kwargs["mesh"], selector))
+        return selector
+
+    make_selector = presets.make_alfamix_selector
+    monkeypatch.setattr(presets, "make_alfamix_selector", spy)
+    config = ExperimentConfig(
+        name="dp-select", data=DataConfig(name="digits", max_train=200, max_test=100),
+        model=ModelConfig(name="mlp", embed_dim=16),
+        train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=5, data_parallel=True),
+        loop=LoopConfig(initial_size=20, budget=10, rounds=1),
+        strategies=("alfamix", "alfamix_labelled_anchors"), seeds=(1,),
+    )
+    logged = []
+    records = run_experiment(config, str(tmp_path), progress=False, log=logged.append)
+    assert [r["labelled"] for r in records] == [20, 30] * 2
+    (anchors, mesh, selector), (other_anchors, other_mesh, other_selector) = built
+    assert anchors == "class-means" and mesh is not None and mesh.devices.size == 8
+    assert selector.layout.mesh is mesh and selector.layout.devices == 8
+    assert other_anchors == "labelled" and other_mesh is None and other_selector.layout.mesh is None
+    note = ('alfamix_labelled_anchors: anchors="labelled" runs on one device: ALFA-Mix selects on one device, not '
+            'on the mesh of 8 devices')
+    assert [line for line in logged if "runs on one device" in line] == [note]
+    for strategy in config.strategies:
+        checkpointer = RunCheckpointer(run_dir(str(tmp_path), strategy, 1))
+        assert checkpointer.latest().arrays["labelled"].sum() == 30
+        checkpointer.close()
+    # Another budget builds another selector (nothing compiles until a query) and logs nothing new.
+    logged.clear()
+    bench = Workbench(config=config, x_train=None, y_train=None, y_train_device=None, x_test=None, y_test=None,
+                      num_classes=10, trainer=None, initial_states={}, strategies={}, mesh=mesh, log=logged.append)
+    for budget in (10, 15):
+        bench.strategy("alfamix_labelled_anchors", budget)
+        bench.strategy("alfamix", budget)
+    assert logged == [note]
+    assert [m is mesh for _, m, _ in built[2:]] == [False, True, False, True]

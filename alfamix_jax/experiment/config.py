@@ -1,25 +1,32 @@
 """Experiment configs: typed, frozen dataclasses built by a Python file's
 `get_config()`, with `key.path=value` overrides from the command line.
 
-`--config NAME` names a shipped config (`alfamix_jax/configs/NAME.py`, so it
-ships with the package); anything ending in `.py` is loaded from that path.
-Library functions take the typed pieces (`TrainConfig`, `AlfaMixSettings`),
-never the whole config.
+`--config NAME` names a shipped config (`alfamix_jax/experiment/configs/NAME.py`,
+so it ships with the package); anything ending in `.py` is loaded from that path,
+with its folder put first on `sys.path` (and left there), so the file may import
+modules beside it: helper modules that define strategies (`register_strategy`) or
+selector parts given as "module:function". Library functions take the typed pieces
+(`TrainConfig`, `SelectorSettings`), never the whole config.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import json
 import os
+import re
+import sys
 import types
 import typing
 
 from alfamix_jax.experiment.training import TrainConfig
-from alfamix_jax.strategies import AlfaMixSettings, BaselineSettings
+from alfamix_jax.selection.settings import SelectorSettings, parse_value, part_name
+from alfamix_jax.strategies import BaselineSettings
 
 INITIAL_MODES = ("random", "per_class")
+PART_FIELDS = ("alpha", "anchors", "diversity")  # SelectorSettings fields that may hold a function
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,26 +69,53 @@ class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     loop: LoopConfig = LoopConfig()
-    alfamix: AlfaMixSettings = AlfaMixSettings()
+    alfamix: SelectorSettings = SelectorSettings()
     baselines: BaselineSettings = BaselineSettings()
     strategies: tuple[str, ...] = ("alfamix", "random", "entropy")
     seeds: tuple[int, ...] = (1, 10, 100, 1000, 10000)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data (config.json): a function-valued selector part as its 'module:function' name."""
+        data = dataclasses.asdict(self)
+        for field in PART_FIELDS:
+            data["alfamix"][field] = part_name(data["alfamix"][field])
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+def check_recordable_parts(settings: SelectorSettings, section: str = "alfamix") -> None:
+    """Each function-valued part of `settings` must import back from the 'module:function'
+    name that config.json records (a resumed run, and check_workdir, import it again):
+    a lambda, a nested function or a functools.partial cannot; ValueError naming the field."""
+    advice = ("define it as a module-level function (in a module beside the config file) and give the function "
+              "or 'module:function'")
+    for field in PART_FIELDS:
+        value = getattr(settings, field)
+        if isinstance(value, str):
+            continue  # a built-in name, or 'module:function' (SelectorSettings imported it already)
+        where = f"{section}.{field}"
+        qualname, module = getattr(value, "__qualname__", None), getattr(value, "__module__", None)
+        if not isinstance(qualname, str) or not isinstance(module, str):
+            raise ValueError(f"{where}: a {type(value).__name__} has no name config.json can record; {advice}")
+        name = part_name(value)
+        if "<" in qualname:
+            raise ValueError(f"{where}: {name!r} is a lambda or a nested function, which config.json cannot record "
+                             f"(a resumed run could not import it); {advice}")
+        try:
+            found = dataclasses.replace(settings, **{field: name}).part(field)
+        except ValueError as e:
+            raise ValueError(f"{where}: config.json would record {name!r}, which does not import ({e}); "
+                             f"{advice}") from None
+        if found is not value:
+            raise ValueError(f"{where}: {name!r} imports another object than the function given; {advice}")
+
+
 def load_config(name_or_path: str) -> ExperimentConfig:
-    """A shipped config by name, or a `.py` file defining `get_config()`."""
+    """A shipped config by name, or a `.py` file defining `get_config()` (see the module docstring)."""
     if name_or_path.endswith(".py"):
-        if not os.path.isfile(name_or_path):
-            raise ValueError(f"--config: no such file {name_or_path!r}")
-        spec = importlib.util.spec_from_file_location("alfamix_user_config", name_or_path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = _load_config_file(name_or_path)
     else:
         try:
             module = importlib.import_module(f"alfamix_jax.experiment.configs.{name_or_path}")
@@ -92,10 +126,37 @@ def load_config(name_or_path: str) -> ExperimentConfig:
             ) from None
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config: {name_or_path!r} has no get_config()")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except ValueError as e:
+        raise ValueError(f"--config {name_or_path}: get_config(): {e}") from e
     if not isinstance(config, ExperimentConfig):
         raise ValueError(f"--config: get_config() of {name_or_path!r} must return an ExperimentConfig")
     return config
+
+
+def _load_config_file(path: str) -> types.ModuleType:
+    """Execute a config file as a module named after its path (in sys.modules, so its
+    functions have an importable 'module:function' name), its folder first on sys.path."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--config: no such file {path!r}")
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    importlib.invalidate_caches()  # modules written beside it since the last import are found
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    name = f"alfamix_config_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def shipped_configs() -> list[str]:
@@ -103,56 +164,40 @@ def shipped_configs() -> list[str]:
     return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
 
 
-def _parse_value(text: str, annotation, where: str):
-    """Parse `text` as the field's type: int, float, bool, str, None, or a tuple of those."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (types.UnionType, typing.Union):  # X | None
-        if text.lower() in ("none", "null", ""):
-            return None
-        return _parse_value(text, next(a for a in args if a is not type(None)), where)
-    if origin is tuple:
-        return tuple(_parse_value(part.strip(), args[0], where) for part in text.split(",") if part.strip())
-    try:
-        if annotation is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if annotation in (int, float, str):
-            return annotation(text)
-    except ValueError:
-        raise ValueError(f"--set {where}: expected {annotation.__name__}, got {text!r}") from None
-    raise ValueError(f"--set {where}: cannot parse a value of type {annotation}")
-
-
 def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
-    """Apply `path.to.field=value` strings, e.g. `train.learning_rate=0.01`, `seeds=1,2`."""
+    """Apply `path.to.field=value` strings, e.g. `train.learning_rate=0.01`, `seeds=1,2`.
+    A value the section refuses raises ValueError prefixed with the override, e.g.
+    "--set alfamix.block_size=0: block_size: got 0; expected an integer >= 1"."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=0.01")
         path, text = item.split("=", 1)
-        config = _replace_path(config, path.strip().split("."), text.strip(), path)
+        config = _replace_path(config, path.strip().split("."), text.strip(), path, item)
     return config
 
 
-def _replace_path(node, parts: list[str], text: str, where: str):
+def _replace_path(node, parts: list[str], text: str, where: str, item: str):
     hints = typing.get_type_hints(type(node))
     field = parts[0]
     if field not in hints:
         names = ", ".join(f.name for f in dataclasses.fields(node))
         raise ValueError(f"--set {where}: {type(node).__name__} has no field {field!r} (fields: {names})")
     if len(parts) == 1:
-        value = _parse_value(text, hints[field], where)
+        value = parse_value(text, hints[field], f"--set {where}")
     else:
         child = getattr(node, field)
         if not dataclasses.is_dataclass(child):
             raise ValueError(f"--set {where}: {field!r} is not a section")
-        value = _replace_path(child, parts[1:], text, where)
-    return dataclasses.replace(node, **{field: value})
+        value = _replace_path(child, parts[1:], text, where, item)
+    try:
+        return dataclasses.replace(node, **{field: value})
+    except ValueError as e:  # the section's own check (SelectorSettings, BaselineSettings, ...)
+        raise ValueError(f"--set {item}: {e}") from None
 
 
 def from_dict(data: dict) -> ExperimentConfig:
-    """Inverse of `ExperimentConfig.to_dict` (for the copy saved in a workdir)."""
+    """Inverse of `ExperimentConfig.to_dict` (for the copy saved in a workdir): nested sections
+    (`alfamix.learned` too) rebuilt; a part recorded as 'module:function' is imported again."""
 
     def build(cls, values):
         hints = typing.get_type_hints(cls)

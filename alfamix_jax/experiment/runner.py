@@ -24,15 +24,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.experiment.checkpoint import RunCheckpointer
-from alfamix_jax.experiment.config import INITIAL_MODES, ExperimentConfig, from_dict
+from alfamix_jax.experiment.config import INITIAL_MODES, ExperimentConfig, check_recordable_parts, from_dict
 from alfamix_jax.experiment.training import check_train_config
-from alfamix_jax.strategies import STRATEGIES, PoolView, make_strategy
+from alfamix_jax.selection.settings import SelectorSettings
+from alfamix_jax.strategies import STRATEGIES, BaselineSettings, PoolView, check_query, make_strategy
 
 RESULT_COLUMNS = (
     "strategy", "seed", "round", "labelled", "test_accuracy", "train_accuracy", "train_epochs",
@@ -48,31 +50,18 @@ MODELS = ("mlp", "cnn", "resnet18")
 
 
 def check_config(config: ExperimentConfig) -> None:
-    """Cheap checks before any data is loaded (fail fast, name the setting)."""
+    """The whole config, checked before any data is loaded and before anything is written
+    (fail fast, name the setting): the data and model names, the selector and baseline
+    settings, the strategies (registered by then, a config file's own too), the loop and
+    the training settings."""
     from alfamix_jax.experiment.data import check_dataset_args
 
     check_dataset_args(config.data.name, data_dir=config.data.data_dir, path=config.data.path)
     if config.model.name not in MODELS:
         raise ValueError(f"model.name {config.model.name!r} is unknown; choose from {MODELS}")
-    if not config.strategies:
-        raise ValueError("strategies is empty; name at least one of " + ", ".join(sorted(STRATEGIES)))
-    for name in config.strategies:
-        if name not in STRATEGIES:
-            raise ValueError(f"strategies: {name!r} is unknown; choose from {sorted(STRATEGIES)}")
-    if len(set(config.strategies)) != len(config.strategies):
-        raise ValueError(f"strategies has duplicates: {list(config.strategies)}")
-    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
-        raise ValueError(f"seeds must be a non-empty list without duplicates, got {list(config.seeds)}")
-    loop = config.loop
-    for name in ("initial_size", "budget", "rounds"):
-        if getattr(loop, name) < 1:
-            raise ValueError(f"loop.{name} must be >= 1, got {getattr(loop, name)}")
-    if loop.growth_ratio <= 0:
-        raise ValueError(f"loop.growth_ratio must be > 0, got {loop.growth_ratio}")
-    if loop.initial_mode not in INITIAL_MODES:
-        raise ValueError(f"loop.initial_mode must be one of {INITIAL_MODES}, got {loop.initial_mode!r}")
-    if any(loop.budget_at(r) < 1 for r in range(1, loop.rounds + 1)):
-        raise ValueError(f"loop.growth_ratio {loop.growth_ratio} shrinks the budget below 1 row")
+    _check_settings(config)
+    _check_strategies(config)
+    _check_loop(config.loop)
     try:
         check_train_config(config.train)
     except ValueError as e:
@@ -82,21 +71,48 @@ def check_config(config: ExperimentConfig) -> None:
                          "devices with train.data_parallel (each device trains on an equal share of a batch)")
     if not 0 < config.train.stop_accuracy <= 1:  # the trainer also takes > 1 (never stop); a config may not
         raise ValueError(f"train.stop_accuracy must be in (0, 1], got {config.train.stop_accuracy}")
-    if config.alfamix.compat not in ("default", "reference"):
-        raise ValueError(f"alfamix.compat must be 'default' or 'reference', got {config.alfamix.compat!r}")
-    from alfamix_jax.selection.selector import ANCHOR_MODES, DIVERSITY_MODES
 
-    if config.alfamix.diversity not in DIVERSITY_MODES:
-        raise ValueError(f"alfamix.diversity must be one of {DIVERSITY_MODES}, got {config.alfamix.diversity!r}")
-    if config.alfamix.anchors not in ANCHOR_MODES:
-        raise ValueError(f"alfamix.anchors must be one of {ANCHOR_MODES}, got {config.alfamix.anchors!r}")
-    if config.baselines.compat not in ("default", "reference"):
-        raise ValueError(f"baselines.compat must be 'default' or 'reference', got {config.baselines.compat!r}")
+
+def _check_settings(config: ExperimentConfig) -> None:
+    """alfamix and baselines: the right types, valid (checked again, in case a value was set
+    around the dataclass), and every selector part importable by the name config.json records."""
+    for section, cls in (("alfamix", SelectorSettings), ("baselines", BaselineSettings)):
+        value = getattr(config, section)
+        if not isinstance(value, cls):
+            raise ValueError(f"{section}: got a {type(value).__name__}; expected a {cls.__name__}")
+        try:
+            dataclasses.replace(value)  # runs the section's own checks (__post_init__)
+        except ValueError as e:
+            raise ValueError(f"{section}.{e}") from None
+    check_recordable_parts(config.alfamix)
+
+
+def _check_strategies(config: ExperimentConfig) -> None:
+    if not config.strategies:
+        raise ValueError("strategies is empty; name at least one of " + ", ".join(sorted(STRATEGIES)))
+    for name in config.strategies:
+        if name not in STRATEGIES:
+            raise ValueError(f"strategies: {name!r} is unknown; choose from {sorted(STRATEGIES)}, or register it in "
+                             "the config file (alfamix_jax.strategies.register_strategy)")
+    if len(set(config.strategies)) != len(config.strategies):
+        raise ValueError(f"strategies has duplicates: {list(config.strategies)}")
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise ValueError(f"seeds must be a non-empty list without duplicates, got {list(config.seeds)}")
     if "bald" in config.strategies and config.model.dropout <= 0:
         raise ValueError("strategy 'bald' needs MC dropout: set model.dropout > 0 (e.g. --set model.dropout=0.3); "
                          "with dropout 0 every pass is the same and BALD's score is 0 everywhere")
-    if not config.alfamix.alpha_cap_step > 0:
-        raise ValueError(f"alfamix.alpha_cap_step must be > 0, got {config.alfamix.alpha_cap_step}")
+
+
+def _check_loop(loop) -> None:
+    for name in ("initial_size", "budget", "rounds"):
+        if getattr(loop, name) < 1:
+            raise ValueError(f"loop.{name} must be >= 1, got {getattr(loop, name)}")
+    if loop.growth_ratio <= 0:
+        raise ValueError(f"loop.growth_ratio must be > 0, got {loop.growth_ratio}")
+    if loop.initial_mode not in INITIAL_MODES:
+        raise ValueError(f"loop.initial_mode must be one of {INITIAL_MODES}, got {loop.initial_mode!r}")
+    if any(loop.budget_at(r) < 1 for r in range(1, loop.rounds + 1)):
+        raise ValueError(f"loop.growth_ratio {loop.growth_ratio} shrinks the budget below 1 row")
 
 
 def check_pool(config: ExperimentConfig, y_train: np.ndarray, num_classes: int) -> None:
@@ -180,6 +196,9 @@ class Workbench:
     trainer: object
     initial_states: dict  # seed -> TrainState with that seed's initial weights
     strategies: dict  # (name, budget) -> Strategy
+    mesh: Any = None  # the pool mesh under train.data_parallel: training and ALFA-Mix's selection run on it
+    log: Callable[[str], None] = print
+    notes_logged: set = dataclasses.field(default_factory=set)  # (strategy, note) already in the log
 
     def initial_state(self, seed: int):
         if seed not in self.initial_states:
@@ -196,11 +215,16 @@ class Workbench:
         return self.initial_states[seed]
 
     def strategy(self, name: str, budget: int):
+        """The strategy for this budget, built once (on the pool mesh when there is one); its
+        notes (e.g. that it selects on one device) go to the log once per strategy."""
         if (name, budget) not in self.strategies:
-            self.strategies[name, budget] = make_strategy(
-                name, budget=budget, num_classes=self.num_classes, alfamix=self.config.alfamix,
-                baselines=self.config.baselines,
-            )
+            strategy = make_strategy(name, budget=budget, num_classes=self.num_classes, alfamix=self.config.alfamix,
+                                     baselines=self.config.baselines, mesh=self.mesh)
+            for note in strategy.notes:
+                if (name, note) not in self.notes_logged:
+                    self.notes_logged.add((name, note))
+                    self.log(f"{name}: {note}")
+            self.strategies[name, budget] = strategy
         return self.strategies[name, budget]
 
 
@@ -240,7 +264,7 @@ def make_workbench(config: ExperimentConfig, log: Callable[[str], None] = print)
         x_test=jax.device_put(data.x_test, placement),
         y_test=jax.device_put(np.asarray(data.y_test, np.int32), placement),
         num_classes=data.num_classes,
-        trainer=trainer, initial_states={}, strategies={},
+        trainer=trainer, initial_states={}, strategies={}, mesh=mesh, log=log,
     )
 
 
@@ -250,7 +274,8 @@ def describe_training(config: ExperimentConfig) -> str:
     start = "warm-started from the previous round" if t.warm_start else "re-initialised to the same weights each round"
     return (f"training: {config.model.name}, {optimiser}, weight decay {t.weight_decay:g}, batch {t.batch_size}, "
             f"up to {t.max_epochs} epochs, stop at training accuracy {t.stop_accuracy:g}, {start}"
-            + (f", data-parallel over {jax.device_count()} devices" if t.data_parallel else ""))
+            + (f", data-parallel over {jax.device_count()} devices (ALFA-Mix selects on the same mesh)"
+               if t.data_parallel else ""))
 
 
 # --------------------------------------------------------------------------- one run
@@ -320,17 +345,17 @@ def _run_rounds(bench, checkpointer, strategy_name, seed, on_round):
         records = [*records, record]
         pending = {}
         if r < loop.rounds:
-            strategy = bench.strategy(strategy_name, loop.budget_at(r + 1))
+            budget = loop.budget_at(r + 1)
+            strategy = bench.strategy(strategy_name, budget)
             query, query_s, query_compile_s = timed(_query, trainer, strategy, state, bench, labelled_now, query_key)
-            chosen = np.asarray(query.selected)
-            if labelled[chosen].any() or len(np.unique(chosen)) != len(chosen):
-                raise RuntimeError(f"{strategy_name} returned labelled or repeated rows in round {r}")
+            chosen = check_query(strategy_name, query, budget=budget, labels=np.where(labelled, bench.y_train, -1),
+                                 round_index=r + 1)
             labelled = labelled.copy()
             labelled[chosen] = True
             pending = dict(query_seconds=query_s, query_compile_seconds=query_compile_s)
-            if "num_candidates" in query.diagnostics:
-                pending.update(candidates=int(query.diagnostics["num_candidates"]),
-                               filled=int(query.diagnostics["num_filled"]))
+            for column, name in (("candidates", "num_candidates"), ("filled", "num_filled")):
+                if name in query.diagnostics:
+                    pending[column] = int(query.diagnostics[name])
         arrays = {"labelled": labelled}
         if config.train.warm_start:
             arrays["train_state"] = state
@@ -383,7 +408,11 @@ def check_workdir(config: ExperimentConfig, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "runs")):
         with open(path) as f:
-            saved = from_dict(json.load(f))
+            try:
+                saved = from_dict(json.load(f))
+            except ValueError as e:
+                raise ValueError(f"--workdir {workdir}: its config.json does not load ({e}); use a new --workdir, or "
+                                 "make what it names importable again") from None
         mine = {k: v for k, v in config.to_dict().items() if k not in RUN_SELECTION_FIELDS}
         theirs = {k: v for k, v in saved.to_dict().items() if k not in RUN_SELECTION_FIELDS}
         if mine != theirs:
@@ -407,7 +436,9 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, strategies: Sequen
                    seeds: Sequence[int] | None = None, progress: bool = True,
                    log: Callable[[str], None] = print, on_round: Callable[[dict], None] = lambda r: None) -> list[dict]:
     """Run every (strategy, seed) of the config (or the named subset), resuming
-    what the workdir already holds; write DIR/results.csv after every round."""
+    what the workdir already holds; write DIR/results.csv after every round.
+    Every check (the config, the workdir's saved config, the pool's size) comes
+    before the first write, so a refused run leaves a new workdir uncreated."""
     check_config(config)
     strategies = list(strategies or config.strategies)
     seeds = list(config.seeds if seeds is None else seeds)
@@ -418,7 +449,6 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, strategies: Sequen
         if seed not in config.seeds:
             raise ValueError(f"--seed {seed} is not in the config's seeds {list(config.seeds)}")
     check_workdir(config, workdir)
-    os.makedirs(workdir, exist_ok=True)
     log(describe_training(config))
     runs = [(s, seed) for s in config.strategies for seed in config.seeds]
     records = {run: load_run_records(workdir, *run) for run in runs}
@@ -427,15 +457,17 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, strategies: Sequen
     def flush():
         write_results_csv(results_path, [r for run in runs for r in records[run]])
 
-    flush()
     todo = [run for run in runs if run[0] in strategies and run[1] in seeds]
     rounds = config.loop.rounds + 1
     remaining = sum(rounds - len(records[run]) for run in todo)
     if remaining == 0:
+        if os.path.isdir(workdir):
+            flush()
         log(f"nothing to do: {workdir} already holds every round of the selected runs")
         return [r for run in runs for r in records[run]]
     bench = make_workbench(config, log)  # loads the data and checks that the protocol fits the pool
-    save_config(config, workdir)
+    save_config(config, workdir)  # the first write (makes the workdir)
+    flush()
     bar = _progress_bar(total=len(todo) * rounds, initial=len(todo) * rounds - remaining, enabled=progress)
     try:
         for run in todo:

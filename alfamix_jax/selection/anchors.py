@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 
 
-def compute_anchors(embeddings, labels, num_classes: int):
+def compute_anchors(embeddings: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
     """Mean labelled embedding per class; a class with no labelled row takes
     the mean of all labelled rows (as the original does).
 
@@ -21,7 +21,8 @@ def compute_anchors(embeddings, labels, num_classes: int):
     return jnp.where(counts[:, None] > 0, class_means, overall[None, :])
 
 
-def labelled_anchors(key, embeddings, labels, max_anchors: int):
+def labelled_anchors(key: jax.Array, embeddings: jax.Array, labels: jax.Array,
+                     max_anchors: int) -> tuple[jax.Array, jax.Array]:
     """Every labelled row as an anchor (the paper's "all labelled" ablation), in
     a static buffer of `max_anchors` rows. Unused slots repeat a labelled row:
     a candidate is a flip for *some* anchor, so duplicates change nothing. With

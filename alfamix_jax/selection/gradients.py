@@ -11,6 +11,8 @@ numerical points (see shared/reference/README.md):
 A row whose gradient is exactly zero (a saturated softmax) has no direction;
 `normalise_rows` returns zeros for it and a mask saying so.
 """
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,18 +20,18 @@ import optax
 from alfamix_jax.selection.heads import HeadApply
 
 
-def pseudo_label_loss(head_apply: HeadApply, head_params, z, labels):
+def pseudo_label_loss(head_apply: HeadApply, head_params: Any, z: jax.Array, labels: jax.Array) -> jax.Array:
     """Sum over rows of CE(head(z), labels). z: [N, D], labels: [N]."""
     logits = head_apply(head_params, z)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
 
 
-def loss_gradient(head_apply: HeadApply, head_params, z, labels):
+def loss_gradient(head_apply: HeadApply, head_params: Any, z: jax.Array, labels: jax.Array) -> jax.Array:
     """d loss / d z via jax.grad, for any row-wise head. -> [N, D]."""
     return jax.grad(pseudo_label_loss, argnums=2)(head_apply, head_params, z, labels)
 
 
-def normalise_rows(g):
+def normalise_rows(g: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Unit rows, robust to tiny entries. g: [N, D] -> ([N, D], has_direction [N])."""
     scale = jnp.max(jnp.abs(g), axis=-1, keepdims=True)
     has_direction = scale[:, 0] > 0

@@ -25,6 +25,6 @@ def linear_head_apply(params: LinearHead, z: jax.Array) -> jax.Array:
     return jnp.dot(z, params.weight.T, precision="highest") + params.bias  # float32, not TF32, on GPUs
 
 
-def pseudo_labels(head_apply: HeadApply, head_params, z: jax.Array) -> jax.Array:
+def pseudo_labels(head_apply: HeadApply, head_params: Any, z: jax.Array) -> jax.Array:
     """argmax of the head's logits (= argmax of its softmax). z: [N, D] -> [N]."""
     return jnp.argmax(head_apply(head_params, z), axis=-1).astype(jnp.int32)

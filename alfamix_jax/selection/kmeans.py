@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 
 class KMeansResult(NamedTuple):
@@ -29,12 +30,13 @@ class KMeansResult(NamedTuple):
     iterations: jax.Array  # [] Lloyd iterations run
 
 
-def _blocks(m: int, block_size: int, n_valid):
+def _blocks(m: int, block_size: int, n_valid: jax.Array | int) -> tuple[int, jax.Array | int]:
     size = min(block_size, m)
     return size, (n_valid + size - 1) // size
 
 
-def _block_rows(m, size, n_valid, j):
+def _block_rows(m: int, size: int, n_valid: jax.Array | int,
+                j: jax.Array | int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Start of block j (the last one shifted back to fit in the buffer) and
     which of its rows are new to this block and valid."""
     start = jnp.minimum(j * size, m - size)
@@ -42,14 +44,14 @@ def _block_rows(m, size, n_valid, j):
     return start, rows, (rows >= j * size) & (rows < n_valid)
 
 
-def _sq_dists(x, sq_x, centres):
+def _sq_dists(x: jax.Array, sq_x: jax.Array, centres: jax.Array) -> jax.Array:
     """[b, D], [b], [k, D] -> squared distances [b, k]."""
     sq_c = jnp.sum(centres * centres, axis=-1)
     # precision="highest": float32 products on GPUs too (their default is TF32), as the reference computes.
     return jnp.maximum(sq_x[:, None] - 2.0 * jnp.dot(x, centres.T, precision="highest") + sq_c[None, :], 0.0)
 
 
-def _seed(key, x, n_valid, k: int):
+def _seed(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: int) -> jax.Array:
     """Greedy k-means++ over all of x (one block): the rows past n_valid
     weigh nothing. -> centres [k, D]."""
     m, dim = x.shape
@@ -57,7 +59,7 @@ def _seed(key, x, n_valid, k: int):
     sq_x = jnp.sum(x * x, axis=-1)
     valid = jnp.arange(m) < n_valid
 
-    def draw(key, weights, count):
+    def draw(key: jax.Array, weights: jax.Array, count: int) -> jax.Array:
         """`count` indices of valid rows, with probability proportional to weights."""
         cdf = jnp.cumsum(jnp.where(valid, weights, 0.0))
         total = cdf[-1]
@@ -71,7 +73,7 @@ def _seed(key, x, n_valid, k: int):
     centres = jnp.zeros((k, dim), x.dtype).at[0].set(x[first])
     mind = jnp.where(valid, jnp.sum((x - x[first]) ** 2, axis=-1), 0.0)
 
-    def step(i, carry):
+    def step(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         centres, mind = carry
         cands = draw(jax.random.fold_in(key, i), mind, trials)
         # Every trial scored in one [M, D] x [D, trials] product.
@@ -83,7 +85,8 @@ def _seed(key, x, n_valid, k: int):
     return centres
 
 
-def kmeans_plus_plus(key, x, n_valid, k: int, *, shrink: int = 4, levels: int = 3):
+def kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: int, *, shrink: int = 4,
+                     levels: int = 3) -> jax.Array:
     """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant):
     each new centre is the best of `2 + log k` points drawn with probability
     proportional to the squared distance to the nearest centre so far.
@@ -112,7 +115,8 @@ class _PassStats(NamedTuple):
     assignment: jax.Array  # [M] int32 (a pass) or [size] (a block: its rows' clusters)
 
 
-def _block_stats(x, sq_x, n_valid, centres, size, j) -> _PassStats:
+def _block_stats(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+                 j: jax.Array) -> _PassStats:
     """Block j's share of an assignment pass (zero where its rows are not new and valid)."""
     m = x.shape[0]
     k = centres.shape[0]
@@ -135,7 +139,7 @@ def _block_stats(x, sq_x, n_valid, centres, size, j) -> _PassStats:
     )
 
 
-def _cluster_sums(xw, w, a, k: int):
+def _cluster_sums(xw: jax.Array, w: jax.Array, a: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Per-cluster sums of the rows xw [b, D] and of their weights w [b].
 
     On CPU a scatter-add (segment_sum) adds rows in order. On GPUs XLA's
@@ -148,7 +152,7 @@ def _cluster_sums(xw, w, a, k: int):
     return jnp.dot(one_hot.T, xw, precision="highest"), jnp.dot(one_hot.T, w, precision="highest")
 
 
-def _combine(total: _PassStats, block: _PassStats, j, size, n_valid) -> _PassStats:
+def _combine(total: _PassStats, block: _PassStats, j: jax.Array, size: int, n_valid: jax.Array | int) -> _PassStats:
     """Add block j to the running totals. Blocks are always added in block
     order, so the float sums do not depend on where the blocks were computed."""
     m = total.assignment.shape[0]
@@ -167,7 +171,7 @@ def _combine(total: _PassStats, block: _PassStats, j, size, n_valid) -> _PassSta
     )
 
 
-def _empty_pass(m, dim, k, dtype) -> _PassStats:
+def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
     return _PassStats(
         sums=jnp.zeros((k, dim), dtype),
         counts=jnp.zeros((k,), dtype),
@@ -178,17 +182,19 @@ def _empty_pass(m, dim, k, dtype) -> _PassStats:
     )
 
 
-def _assign_pass(x, sq_x, n_valid, centres, size, num_blocks) -> _PassStats:
+def _assign_pass(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+                 num_blocks: jax.Array | int) -> _PassStats:
     """One pass over the occupied blocks, in order, on this device."""
     m, dim = x.shape
 
-    def body(j, total):
+    def body(j: jax.Array, total: _PassStats) -> _PassStats:
         return _combine(total, _block_stats(x, sq_x, n_valid, centres, size, j), j, size, n_valid)
 
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, centres.shape[0], x.dtype))
 
 
-def _sharded_assign_pass(x, sq_x, n_valid, centres, size, num_blocks, axis_name: str) -> _PassStats:
+def _sharded_assign_pass(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+                         num_blocks: jax.Array | int, axis_name: str) -> _PassStats:
     """The same pass with its blocks split over the devices of `axis_name`
     (inside shard_map; x replicated). Each device computes its share of the
     blocks, the per-block results are gathered, and every device adds them up
@@ -200,7 +206,7 @@ def _sharded_assign_pass(x, sq_x, n_valid, centres, size, num_blocks, axis_name:
     slots = -(-max_blocks // devices)  # blocks per device, covering every possible block
     mine = jax.lax.axis_index(axis_name) * slots + jnp.arange(slots)
 
-    def stats(j):
+    def stats(j: jax.Array) -> _PassStats:
         # Blocks past the occupied ones (n_valid is traced) cost nothing.
         return jax.lax.cond(
             j < num_blocks,
@@ -211,23 +217,26 @@ def _sharded_assign_pass(x, sq_x, n_valid, centres, size, num_blocks, axis_name:
     local = jax.lax.map(stats, mine)  # [slots, ...] per field
     every = jax.lax.all_gather(local, axis_name, tiled=True)  # [devices * slots, ...], in block order
 
-    def body(j, total):
+    def body(j: jax.Array, total: _PassStats) -> _PassStats:
         return _combine(total, jax.tree.map(lambda a: a[j], every), j, size, n_valid)
 
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, k, x.dtype))
 
 
+_LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats]  # (done, iterations, centres [k, D], last pass)
+
+
 def kmeans(
-    key,
-    x,
-    n_valid,
+    key: jax.Array,
+    x: jax.Array,  # [M, D]
+    n_valid: jax.Array | int,
     k: int,
     *,
     max_iters: int = 100,
     tol: float = 1e-4,
     block_size: int = 4096,
     axis_name: str | None = None,
-):
+) -> KMeansResult:
     """k-means++ then Lloyd until the centres move less than `tol` times the
     mean per-feature variance (scikit-learn's rule) or `max_iters`.
     An empty cluster keeps its centre. x: [M, D]; rows past n_valid ignored.
@@ -252,15 +261,15 @@ def kmeans(
     # ends on the pass after which the centres would move by <= threshold, so
     # the assignment and picks it returns belong to the centres returned (and
     # the pass is traced once, which halves the compile time).
-    def cond(state):
+    def cond(state: _LloydState) -> jax.Array:
         return ~state[0]
 
-    def run_pass(centres):
+    def run_pass(centres: jax.Array) -> _PassStats:
         if axis_name is None:
             return _assign_pass(x, sq_x, n_valid, centres, size, num_blocks)
         return _sharded_assign_pass(x, sq_x, n_valid, centres, size, num_blocks, axis_name)
 
-    def body(state):
+    def body(state: _LloydState) -> _LloydState:
         _, i, centres, _ = state
         out = run_pass(centres)
         sums, counts = out.sums, out.counts

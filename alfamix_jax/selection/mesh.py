@@ -3,12 +3,16 @@ which pool rows (and training batches) are split.
 
     mesh = pool_mesh()                      # every device of every process
     x = put_rows(mesh, embeddings)          # [N, D] rows split over the devices
+    pool = shard_pool(mesh, embeddings)     # the same, with N kept, for a mesh selector
 
 `put_rows` builds the global array from a callback, so it works unchanged
 when several processes (hosts) share the mesh through `jax.distributed`:
 each process reads only the rows its own devices hold, from NumPy arrays or
 a memory-mapped `.npy`.
 """
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -17,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 POOL_AXIS = "pool"
 
 
-def pool_mesh(devices=None, *, axis: str = POOL_AXIS) -> Mesh:
+def pool_mesh(devices: Sequence[jax.Device] | None = None, *, axis: str = POOL_AXIS) -> Mesh:
     """A 1-D mesh over `devices` (default: `jax.devices()`, all processes).
 
     The axis is Auto: jit's partitioner places what shard_map does not
@@ -46,7 +50,7 @@ def padded_rows(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def put_rows(mesh: Mesh, array, *, rows: int | None = None, fill=0) -> jax.Array:
+def put_rows(mesh: Mesh, array: np.ndarray | jax.Array, *, rows: int | None = None, fill: float = 0) -> jax.Array:
     """`array` [N, ...] as a global array with rows split over the mesh,
     padded with `fill` to `rows` (default: N rounded up to the mesh size).
 
@@ -58,7 +62,8 @@ def put_rows(mesh: Mesh, array, *, rows: int | None = None, fill=0) -> jax.Array
         raise ValueError(f"rows: got {rows}; expected >= {n} and a multiple of the mesh size {mesh_size(mesh)}")
     shape = (rows, *array.shape[1:])
 
-    def shard(index):
+    def shard(index: tuple[slice, ...] | None) -> np.ndarray:
+        assert index is not None  # jax's callback type allows None; it always passes this shard's index
         start, stop, _ = index[0].indices(rows)
         if stop <= n:  # wholly inside: hand over the rows themselves (a view), no host copy
             return np.asarray(array[start:stop])
@@ -69,3 +74,18 @@ def put_rows(mesh: Mesh, array, *, rows: int | None = None, fill=0) -> jax.Array
         return out
 
     return jax.make_array_from_callback(shape, row_sharding(mesh, len(shape)), shard)
+
+
+class ShardedPool(NamedTuple):
+    """A pool placed on a mesh once, for a mesh selector: `rows` [N', D] split over the
+    devices (N' = N rounded up to a multiple of the device count; rows past N are padding)
+    and `size` = N, so a labels array of the wrong length cannot pass for padding."""
+
+    rows: jax.Array  # [N', D]
+    size: int
+
+
+def shard_pool(mesh: Mesh, embeddings: np.ndarray | jax.Array) -> ShardedPool:
+    """`put_rows` for a selection pool: each process reads only its own devices' rows of
+    `embeddings` [N, D] (a NumPy array or memory-mapped `.npy`)."""
+    return ShardedPool(put_rows(mesh, embeddings), int(embeddings.shape[0]))

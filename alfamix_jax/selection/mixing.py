@@ -7,13 +7,15 @@ report in diagnostics; the original logs raw element-wise alpha norms, which
 are unbounded in the closed form). The candidate search vmaps these over
 anchors inside a block.
 """
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from alfamix_jax.selection.heads import HeadApply
+from alfamix_jax.selection.settings import LearnedAlphaSettings
 
 
 class Block(NamedTuple):
@@ -26,17 +28,18 @@ class Block(NamedTuple):
     torch_nan: jax.Array | None = None  # [b] bool: rows where the original's alpha is NaN (Q1)
 
 
-def _flipped(head_apply: HeadApply, head_params, mix, pseudo):
+def _flipped(head_apply: HeadApply, head_params: Any, mix: jax.Array, pseudo: jax.Array) -> jax.Array:
     return jnp.argmax(head_apply(head_params, mix), axis=-1) != pseudo
 
 
-def _rho(mix, u, anchor):
+def _rho(mix: jax.Array, u: jax.Array, anchor: jax.Array) -> jax.Array:
     z = anchor - u
     moved = jnp.linalg.norm(mix - u, axis=-1)
     return moved / jnp.maximum(jnp.linalg.norm(z, axis=-1), 1e-30)
 
 
-def closed_form_flips(head_apply, head_params, block: Block, anchor, eps, *, literal: bool):
+def closed_form_flips(head_apply: HeadApply, head_params: Any, block: Block, anchor: jax.Array, eps: jax.Array, *,
+                      literal: bool) -> tuple[jax.Array, jax.Array]:
     """Closed-form alpha (paper eq. 5) with eps = cap / sqrt(D).
 
     literal=True is the original's arithmetic, `alpha = eps ||z|| g / (z + 1e-8)`
@@ -61,46 +64,58 @@ def closed_form_flips(head_apply, head_params, block: Block, anchor, eps, *, lit
     return flipped, rho
 
 
-def random_alpha(key, rows, dim: int, cap):
-    """alpha ~ N(cap/2, cap/2) per element, clamped to [1e-8, cap] (the
-    original's `generate_alpha`). One key per global row, so a row's draw
-    does not depend on the block it falls in. -> [b, D]."""
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
-    noise = jax.vmap(lambda k: jax.random.normal(k, (dim,)))(keys)
+# alpha(keys [b], u [b, D], direction [b, D], anchor [D], cap []) -> alpha [b, D]: one PRNG key
+# per row (folded from the row's global index, so the same on any mesh), the rows, their unit
+# loss gradient, one anchor and the cap. The mix is (1 - alpha) * u + alpha * anchor.
+AlphaRule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
+    """One key per row: `key` folded with the row's global index. rows: [b] -> [b] keys."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+
+
+def random_alpha(keys: jax.Array, u: jax.Array, direction: jax.Array, anchor: jax.Array, cap: jax.Array) -> jax.Array:
+    """The built-in "random" alpha rule: alpha ~ N(cap/2, cap/2) per element, clamped
+    to [1e-8, cap] (the original's `generate_alpha`). -> [b, D]."""
+    del direction, anchor
+    noise = jax.vmap(lambda k: jax.random.normal(k, (u.shape[-1],)))(keys)
     return jnp.clip(cap / 2.0 + (cap / 2.0) * noise, 1e-8, cap)
 
 
-def random_flips(head_apply, head_params, block: Block, anchor, cap, key):
-    alpha = random_alpha(key, block.rows, block.u.shape[-1], cap)
-    mix = (1.0 - alpha) * block.u + alpha * anchor
-    return _flipped(head_apply, head_params, mix, block.pseudo), _rho(mix, block.u, anchor)
+def rule_flips(rule: AlphaRule, head_apply: HeadApply, head_params: Any, block: Block, anchor: jax.Array,
+               cap: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Flips and rho of the mix whose alpha a rule draws (the "random" alpha, or a researcher's)."""
+    u = block.u
+    alpha = rule(row_keys(key, block.rows), u, block.direction, anchor, cap)
+    if getattr(alpha, "shape", None) != u.shape:
+        raise ValueError(f"alpha: the alpha function {getattr(rule, '__name__', rule)!r} returned shape "
+                         f"{getattr(alpha, 'shape', type(alpha).__name__)}; expected {u.shape} ([rows, D])")
+    mix = (1.0 - alpha) * u + alpha * anchor
+    return _flipped(head_apply, head_params, mix, block.pseudo), _rho(mix, u, anchor)
 
 
-class LearnedAlphaConfig(NamedTuple):
-    learning_rate: float = 0.1
-    iters: int = 5
-    clf_coef: float = 1.0
-    l2_coef: float = 0.01
-    reset_state_each_step: bool = False  # the original's behaviour (defect Q5)
+_LearnCarry = tuple[jax.Array, Any, jax.Array, jax.Array]  # alpha [b, D], Adam state, flipped [b], rho [b]
 
 
-def learned_flips(head_apply, head_params, block: Block, anchor, cap, key, config: LearnedAlphaConfig):
+def learned_flips(head_apply: HeadApply, head_params: Any, block: Block, anchor: jax.Array, cap: jax.Array,
+                  key: jax.Array, config: LearnedAlphaSettings, *, reset_state: bool) -> tuple[jax.Array, jax.Array]:
     """Learned alpha: from a random start, `iters` Adam steps on
     `-clf_coef * CE(f(mix), p) + l2_coef * ||alpha||` per row, clamped to
     [1e-8, cap] after each step; flips are checked before each step, as in
     the original. The optax state persists across steps unless
-    `reset_state_each_step` (reference mode: the original builds a new Adam
+    `reset_state` (reference mode: the original builds a new Adam
     every step, so each step sees a fresh state at step count 0)."""
     u, pseudo = block.u, block.pseudo
 
-    def loss_fn(alpha):
+    def loss_fn(alpha: jax.Array) -> tuple[jax.Array, jax.Array]:
         mix = (1.0 - alpha) * u + alpha * anchor
         logits = head_apply(head_params, mix)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, pseudo)
         per_row = -config.clf_coef * ce + config.l2_coef * jnp.linalg.norm(alpha, axis=-1)
         return per_row.sum(), logits
 
-    def step(carry, i):
+    def step(carry: _LearnCarry, i: jax.Array) -> tuple[_LearnCarry, None]:
         alpha, opt_state, flipped, rho = carry
         (_, logits), grad = jax.value_and_grad(loss_fn, has_aux=True)(alpha)
         now = jnp.argmax(logits, axis=-1) != pseudo
@@ -110,13 +125,13 @@ def learned_flips(head_apply, head_params, block: Block, anchor, cap, key, confi
         # follows the step index either way, a reset only drops the moments.
         lr = jnp.where(i < config.iters * 2 / 3, config.learning_rate, config.learning_rate / 10)
         tx = optax.adam(lr)
-        if config.reset_state_each_step:
+        if reset_state:
             opt_state = tx.init(alpha)
         updates, opt_state = tx.update(grad, opt_state, alpha)
         alpha = jnp.clip(optax.apply_updates(alpha, updates), 1e-8, cap)
         return (alpha, opt_state, flipped | now, rho), None
 
-    alpha0 = random_alpha(key, block.rows, u.shape[-1], cap)
+    alpha0 = random_alpha(row_keys(key, block.rows), u, block.direction, anchor, cap)
     opt_state = optax.adam(config.learning_rate).init(alpha0)
     init = (alpha0, opt_state, jnp.zeros(u.shape[0], bool), jnp.full(u.shape[0], jnp.inf, u.dtype))
     (_, _, flipped, rho), _ = jax.lax.scan(step, init, jnp.arange(config.iters))

@@ -10,7 +10,7 @@ Two implementations with the same result:
   so nothing is padded or copied); anchors are vmapped inside a block, so the
   peak is O(N*D + block*K*D), never O(N*K*D). The loss gradient is taken
   per block with `jax.grad`, so no [N, D] gradient is ever held.
-- `search_linear_closed_form`: the exact shortcut for a linear head with the
+- `linear_search` + `resolve_first_caps`: the exact shortcut for a linear head with the
   closed-form alpha. Along the step `u + t * g` (g the unit gradient) the
   logits are affine in t, so row i flips for anchor k iff
   `eps * ||a_k - u_i|| > t*_i`, where t*_i is where the first class
@@ -18,13 +18,14 @@ Two implementations with the same result:
   (row, anchor, cap) decision: O(N*D*(C+K)) flops, O(N*(C+K)) memory.
 """
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from alfamix_jax.selection.gradients import loss_gradient, normalise_rows
 from alfamix_jax.selection.heads import HeadApply, LinearHead
+from alfamix_jax.selection.layout import NO_ROW, PAD_LABEL, Rows
 from alfamix_jax.selection.mixing import Block
 
 
@@ -39,7 +40,7 @@ class SearchResult(NamedTuple):
 
 
 # flips_fn(block, anchor, eps, cap, key) -> (flipped [b], rho [b])
-FlipsFn = Callable[[Block, jax.Array, jax.Array, jax.Array, jax.Array], tuple]
+FlipsFn = Callable[[Block, jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def block_starts(n: int, block_size: int) -> tuple[int, int]:
@@ -48,60 +49,60 @@ def block_starts(n: int, block_size: int) -> tuple[int, int]:
     return size, -(-n // size)
 
 
-def _block(n, size, j):
+def _block(n: int, size: int, j: jax.Array | int) -> jax.Array:
     # The last block is shifted back so that it ends at row n: rows it shares
     # with the previous block are computed twice, with identical results.
     return jnp.minimum(j * size, n - size)
 
 
 def search_general(
-    key,
-    embeddings,  # [N, D]
-    eligible,  # [N] bool: unlabelled (and valid) rows
-    pseudo,  # [N] int32
-    anchors,  # [K, D]
+    rows: Rows,
+    key: jax.Array,
+    embeddings: jax.Array,  # [n, D]
+    eligible: jax.Array,  # [n] bool: unlabelled (and valid) rows
+    pseudo: jax.Array,  # [n] int32
+    anchors: jax.Array,  # [K, D]
     head_apply: HeadApply,
-    head_params,
-    eps,  # [S] the per-cap value handed to flips_fn (cap / sqrt(D) for the closed form)
-    caps,  # [S]
+    head_params: Any,
+    eps: jax.Array,  # [S] the per-cap value handed to flips_fn (cap / sqrt(D) for the closed form)
+    caps: jax.Array,  # [S]
     budget: int,
     flips_fn: FlipsFn,
     *,
     block_size: int,
     require_direction: bool,
     emulate_torch_nan: bool = False,
-    row_offset=0,
-    total: Callable = lambda count: count,
 ) -> SearchResult:
-    """emulate_torch_nan: flag the rows on which the original's float32 torch
-    code divides 0 by 0 (defect Q1) so the reference form reproduces them.
-    row_offset, total: for one shard of a pool inside shard_map, the global
-    index of its first row (per-row random draws are keyed by it) and the sum
-    of an integer count over all shards (the caps' early stop is global)."""
+    """The blocked search over these rows (`rows`: the whole pool, or one device's shard,
+    whose first global row keys the per-row random draws; the caps' early stop is decided
+    on counts over the pool).
+    emulate_torch_nan: flag the rows on which the original's float32 torch
+    code divides 0 by 0 (defect Q1) so the reference form reproduces them."""
     n, _ = embeddings.shape
+    total = rows.total
     num_eligible = total(jnp.sum(eligible, dtype=jnp.int32)).astype(embeddings.dtype)
     num_caps, num_anchors = eps.shape[0], anchors.shape[0]
     size, num_blocks = block_starts(n, block_size)
 
-    def block_at(start):
+    def block_at(start: jax.Array) -> tuple[Block, jax.Array]:
         u = jax.lax.dynamic_slice_in_dim(embeddings, start, size)
         p = jax.lax.dynamic_slice_in_dim(pseudo, start, size)
         raw = loss_gradient(head_apply, head_params, u, p)
         g, has_dir = normalise_rows(raw)
-        rows = row_offset + start + jnp.arange(size, dtype=jnp.int32)
-        torch_nan = None
+        global_rows = rows.offset(n) + start + jnp.arange(size, dtype=jnp.int32)
+        torch_nan: jax.Array | None = None
         if emulate_torch_nan:
             # The original's gradient is ours / N (mean reduction); its float32
             # norm is 0 once every squared entry is below half the smallest
             # subnormal, i.e. every |entry| < 2^-75.
             torch_nan = jnp.max(jnp.abs(raw), axis=-1) < num_eligible * 2.0**-75
-        return Block(u, g, p, rows, torch_nan), has_dir
+        return Block(u, g, p, global_rows, torch_nan), has_dir
 
-    def flips_at_cap(s):
+    def flips_at_cap(s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         cap_key = jax.random.fold_in(key, s)
         anchor_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(cap_key, jnp.arange(num_anchors))
 
-        def body(j, carry):
+        def body(j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
             flips, rho, has_direction = carry
             start = _block(n, size, j)
             block, has_dir = block_at(start)
@@ -125,11 +126,11 @@ def search_general(
         )
         return jax.lax.fori_loop(0, num_blocks, body, init)
 
-    def cond(state):
+    def cond(state: tuple[jax.Array, ...]) -> jax.Array:
         s, candidates = state[0], state[1]
         return (s < num_caps) & (total(jnp.sum(candidates, dtype=jnp.int32)) <= budget)
 
-    def body(state):
+    def body(state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         s, candidates, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, _ = state
         flips, rho, has_direction = flips_at_cap(s)  # [K, N], [N], [N]
         flipped = jnp.any(flips, axis=0)
@@ -140,7 +141,7 @@ def search_general(
         min_rho = jnp.minimum(min_rho, rho)
         return s + 1, candidates, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, has_direction
 
-    state = (
+    state: tuple[jax.Array, ...] = (
         jnp.int32(0),
         jnp.zeros((n,), bool),
         jnp.zeros((num_caps,), jnp.int32),
@@ -155,10 +156,11 @@ def search_general(
     return SearchResult(candidates, s, flips_per_cap, union_per_cap, flips_per_anchor, min_rho, has_direction)
 
 
-def flip_thresholds(embeddings, head: LinearHead, anchors):
+def flip_thresholds(embeddings: jax.Array, head: LinearHead,
+                    anchors: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Per row: the pseudo-label, whether the loss gradient has a direction,
     `e [N, K]`: row i flips for anchor k at every eps > e[i, k], and whether
-    the row's logits and anchor products are finite (NaN/inf input shows here).
+    the row's logits and squared norm are finite (NaN/inf input shows here).
 
     With g the unit gradient of CE(f(u), p) and a linear head, the logits of
     `u + t g` are `l + t s` with s = g W^T. Class c overtakes p at
@@ -199,7 +201,9 @@ def flip_thresholds(embeddings, head: LinearHead, anchors):
     sq_a = jnp.sum(anchors * anchors, axis=-1)
     dist = jnp.sqrt(jnp.maximum(sq_u[:, None] - 2.0 * u_dot_a + sq_a, 0.0))  # [N, K]
     e = t_star[:, None] / dist  # inf where t* is inf or the row sits on the anchor
-    return pseudo, has_direction, e, jnp.all(jnp.isfinite(proj), axis=-1)
+    # The row's own values: a NaN anchor (from a NaN labelled row) is reported at that row, not at every row.
+    finite = jnp.all(jnp.isfinite(logits), axis=-1) & jnp.isfinite(sq_u)
+    return pseudo, has_direction, e, finite
 
 
 class FirstCaps(NamedTuple):
@@ -208,16 +212,16 @@ class FirstCaps(NamedTuple):
     first_cap: jax.Array  # [b] int32: index of the first cap that flips the row (S: none)
     has_direction: jax.Array  # [b] bool
     anchor_hist: jax.Array  # [S + 1, K] int32: counted rows by the first cap each anchor flips them at
-    finite: jax.Array  # [b] bool: the row's projections are finite (False: NaN/inf in the input)
+    finite: jax.Array  # [b] bool: the row's logits and norm are finite (False: NaN/inf in the input)
 
 
 def linear_first_caps(
-    embeddings,  # [b, D]
-    ok,  # [b] bool: eligible rows
-    counted,  # [b] bool: rows that enter anchor_hist (a shifted block counts its new rows only)
+    embeddings: jax.Array,  # [b, D]
+    ok: jax.Array,  # [b] bool: eligible rows
+    counted: jax.Array,  # [b] bool: rows that enter anchor_hist (a shifted block counts its new rows only)
     head: LinearHead,
-    anchors,  # [K, D]
-    eps,  # [S] increasing
+    anchors: jax.Array,  # [K, D]
+    eps: jax.Array,  # [S] increasing
 ) -> FirstCaps:
     """Row i flips for anchor k at cap s iff e[i, k] < eps[s] (`flip_thresholds`),
     and eps increases, so each (row, anchor) is summed up by the first cap
@@ -234,13 +238,14 @@ def linear_first_caps(
     return FirstCaps(jnp.min(per_anchor, axis=-1), has_direction, anchor_hist, finite)
 
 
-def first_cap_hist(first_cap, counted, num_caps: int):
+def first_cap_hist(first_cap: jax.Array, counted: jax.Array, num_caps: int) -> jax.Array:
     """[b] first caps -> [S + 1] int32 counts (of the `counted` rows)."""
     levels = jnp.arange(num_caps + 1, dtype=jnp.int32)
     return jnp.sum((first_cap[:, None] == levels) & counted[:, None], axis=0, dtype=jnp.int32)
 
 
-def resolve_first_caps(first_cap, has_direction, row_hist, anchor_hist, eps, budget: int) -> SearchResult:
+def resolve_first_caps(first_cap: jax.Array, has_direction: jax.Array, row_hist: jax.Array, anchor_hist: jax.Array,
+                       eps: jax.Array, budget: int) -> SearchResult:
     """The cap schedule from the first-cap summary: candidates after the first
     cap whose union holds more than `budget` rows (or after the last cap).
     first_cap, has_direction: [N] (any sharding); row_hist [S + 1] and
@@ -264,17 +269,55 @@ def resolve_first_caps(first_cap, has_direction, row_hist, anchor_hist, eps, bud
     )
 
 
-def search_linear_closed_form(
-    embeddings,  # [N, D]
-    eligible,  # [N] bool
+class LinearSearch(NamedTuple):
+    """The linear shortcut's pass over some rows, with its pool totals."""
+
+    first_cap: jax.Array  # [n] int32: index of the first cap that flips the row (S: none)
+    has_direction: jax.Array  # [n] bool
+    row_hist: jax.Array  # [S + 1] int32: rows of the pool by first cap
+    anchor_hist: jax.Array  # [S + 1, K] int32: (row, anchor) pairs of the pool by first cap
+    first_bad: jax.Array  # [] int32: lowest pool row whose logits are not finite (NO_ROW: none)
+
+
+def linear_search(
+    rows: Rows,
+    embeddings: jax.Array,  # [n, D]
+    labels: jax.Array,  # [n] int32: -1 unlabelled, PAD_LABEL padding
     head: LinearHead,
-    anchors,  # [K, D]
-    eps,  # [S] cap / sqrt(D)
-    budget: int,
-) -> SearchResult:
-    """Same contract as `search_general` with the closed form, default mode:
-    one pass over the pool, O(N*(C+K)) memory."""
-    everything = jnp.ones(eligible.shape, bool)
-    found = linear_first_caps(embeddings, eligible, everything, head, anchors, eps)
-    row_hist = first_cap_hist(found.first_cap, everything, eps.shape[0])
-    return resolve_first_caps(found.first_cap, found.has_direction, row_hist, found.anchor_hist, eps, budget)
+    anchors: jax.Array,  # [K, D]
+    eps: jax.Array,  # [S] increasing
+    block_size: int,
+) -> LinearSearch:
+    """`linear_first_caps` over these rows in blocks of `block_size` (the last block shifted
+    back to end at n; its rows already counted are not counted again), totals over the pool."""
+    n = embeddings.shape[0]
+    num_caps = eps.shape[0]
+    size, num_blocks = block_starts(n, block_size)
+
+    def body(j: jax.Array | int, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        first, direction, row_hist, anchor_hist, first_bad = carry
+        start = _block(n, size, j)
+        u = jax.lax.dynamic_slice_in_dim(embeddings, start, size)
+        block_labels = jax.lax.dynamic_slice_in_dim(labels, start, size)
+        fresh = start + jnp.arange(size) >= j * size
+        found = linear_first_caps(u, block_labels == -1, fresh, head, anchors, eps)
+        global_rows = rows.offset(n) + start + jnp.arange(size, dtype=jnp.int32)
+        bad = (block_labels != PAD_LABEL) & ~found.finite
+        first_bad = jnp.minimum(first_bad, jnp.min(jnp.where(bad, global_rows, NO_ROW)))
+        first = jax.lax.dynamic_update_slice_in_dim(first, found.first_cap, start, axis=0)
+        direction = jax.lax.dynamic_update_slice_in_dim(direction, found.has_direction, start, axis=0)
+        row_hist = row_hist + first_cap_hist(found.first_cap, fresh, num_caps)
+        return first, direction, row_hist, anchor_hist + found.anchor_hist, first_bad
+
+    init = (
+        jnp.full((n,), num_caps, jnp.int32),
+        jnp.zeros((n,), bool),
+        jnp.zeros((num_caps + 1,), jnp.int32),
+        jnp.zeros((num_caps + 1, anchors.shape[0]), jnp.int32),
+        jnp.int32(NO_ROW),
+    )
+    if num_blocks == 1:  # one block: no loop, so XLA fuses across the whole pass
+        first, direction, row_hist, anchor_hist, first_bad = body(0, init)
+    else:
+        first, direction, row_hist, anchor_hist, first_bad = jax.lax.fori_loop(0, num_blocks, body, init)
+    return LinearSearch(first, direction, rows.total(row_hist), rows.total(anchor_hist), rows.smallest(first_bad))

@@ -1,87 +1,122 @@
-"""Checks of user input at the boundary, before anything is traced.
+"""Checks of a selector's arguments, at its entry, before anything is traced.
 
-Each error names the argument, what was seen and what is expected, so the
-message alone tells the user the fix. Nothing here runs inside jit.
+Each error names the argument, what was seen and what is expected, so the message alone
+tells the user the fix. The checks read host metadata (shapes, dtypes) or make one cheap
+reduction (over the labels, or the head's abstract evaluation); the embeddings are never
+scanned here: the search pass reports the first row whose logits are not finite
+(`raise_nonfinite_row`), so a memory-mapped pool is read once. Under an outer `jit`
+(traced arguments) only the metadata is checked. Nothing here runs inside the jitted core.
 """
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
+
+from alfamix_jax.selection.heads import HeadApply, LinearHead
+from alfamix_jax.selection.layout import NO_ROW
 
 
-def _is_integer_array(a: np.ndarray) -> bool:
-    return a.dtype.kind in "iu"
+def _is_traced(x: object) -> bool:
+    return isinstance(x, jax.core.Tracer)
 
 
-def validate_pool(embeddings, labels, head_weight, head_bias, *, budget: int, scan_embeddings: bool = True) -> None:
-    """Validate one selection problem given as NumPy arrays.
+def _describe(x: object) -> str:
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    return f"{type(x).__name__}" if shape is None or dtype is None else f"{dtype} array of shape {tuple(shape)}"
 
-    embeddings [N, D] float, labels [N] int (-1 = unlabelled, else in [0, C)),
-    head_weight [C, D] float, head_bias [C] float; budget in [1, #unlabelled].
-    scan_embeddings=False skips the NaN/inf scan of the embeddings (a memory-
-    mapped pool larger than memory: the streamed search reports bad rows).
-    Raises ValueError naming the offending argument.
-    """
-    arrays = dict(embeddings=embeddings, labels=labels, head_weight=head_weight, head_bias=head_bias)
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray):
-            raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype == object:
-            raise ValueError(f"{name} has dtype object; store a numeric array")
-    expected_rank = dict(embeddings=2, labels=1, head_weight=2, head_bias=1)
-    for name, rank in expected_rank.items():
-        if arrays[name].ndim != rank:
-            raise ValueError(f"{name} must have rank {rank}, got shape {arrays[name].shape}")
-    if embeddings.dtype.kind != "f":
-        raise ValueError(f"embeddings must be a float array, got dtype {embeddings.dtype}")
-    if scan_embeddings and not np.all(np.isfinite(embeddings)):
-        bad = int(np.size(embeddings) - np.count_nonzero(np.isfinite(embeddings)))
-        raise ValueError(f"embeddings contains {bad} NaN/inf value(s); remove or impute them")
+
+def check_count(name: str, value: object, minimum: int) -> int:
+    """A Python / NumPy integer >= minimum (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: got {value!r}; expected an integer >= {minimum}")
+    return int(value)
+
+
+def check_embeddings(embeddings: np.ndarray | jax.Array) -> tuple[int, int]:
+    """A float array [N, D] with N, D >= 1 (NumPy, memmap or JAX). -> (N, D)."""
+    dtype = getattr(embeddings, "dtype", None)
+    if dtype is None or getattr(embeddings, "shape", None) is None:
+        raise ValueError(f"embeddings: got a {type(embeddings).__name__}; expected an array [N, D] of floats "
+                         "(NumPy or JAX)")
+    if len(embeddings.shape) != 2 or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"embeddings: got a {_describe(embeddings)}; expected a float array [N, D]")
     n, dim = embeddings.shape
-    if n == 0 or dim == 0:
-        raise ValueError(f"embeddings must be non-empty, got shape {embeddings.shape}")
-    validate_head(head_weight, head_bias, dim=dim)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match embeddings, got {labels.shape}")
-    validate_labels(labels, num_classes=head_weight.shape[0], budget=budget)
+    if n < 1 or dim < 1:
+        raise ValueError(f"embeddings: got shape {tuple(embeddings.shape)}; expected at least one row and column")
+    return int(n), int(dim)
 
 
-def validate_head(head_weight, head_bias, *, dim: int) -> None:
-    """head_weight [C, D] and head_bias [C], float and finite, C >= 2, D = dim
-    (logits = z @ head_weight.T + head_bias). Raises ValueError naming the array."""
-    for name, a in (("head_weight", head_weight), ("head_bias", head_bias)):
-        if a.dtype.kind != "f":
-            raise ValueError(f"{name} must be a float array, got dtype {a.dtype}")
-        if not np.all(np.isfinite(a)):
-            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-            raise ValueError(f"{name} contains {bad} NaN/inf value(s); remove or impute them")
-    num_classes = head_weight.shape[0]
-    if num_classes < 2:
-        raise ValueError(f"head_weight must have at least 2 classes (rows), got shape {head_weight.shape}")
-    if head_weight.shape[1] != dim:
-        raise ValueError(
-            f"head_weight has shape {head_weight.shape} but embeddings have D={dim}; "
-            f"expected [C, {dim}] (logits = embeddings @ head_weight.T + head_bias)"
-        )
-    if head_bias.shape != (num_classes,):
-        raise ValueError(f"head_bias must have shape ({num_classes},) to match head_weight, got {head_bias.shape}")
+@jax.jit
+def _label_summary(labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return jnp.min(labels), jnp.max(labels), jnp.sum(labels >= 0, dtype=jnp.int32)
 
 
-def validate_labels(labels, *, num_classes: int, budget: int) -> None:
-    """labels [N] int: -1 (unlabelled) or a class in [0, num_classes), at
-    least one labelled row, and `budget` in [1, #unlabelled]."""
-    if not _is_integer_array(labels):
-        raise ValueError(f"labels must be an integer array (-1 = unlabelled), got dtype {labels.dtype}")
-    bad = (labels < -1) | (labels >= num_classes)
-    if np.any(bad):
-        raise ValueError(
-            f"labels must be -1 (unlabelled) or in [0, {num_classes}); "
-            f"{int(bad.sum())} value(s) outside, e.g. {labels[bad][0]!r}"
-        )
-    num_labelled = int(np.sum(labels >= 0))
-    if num_labelled == 0:
-        raise ValueError("labels has no labelled row (all -1); ALFA-Mix needs labelled rows for its anchors")
-    unlabelled = labels.shape[0] - num_labelled
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
-        raise ValueError(f"budget must be an integer, got {budget!r}")
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1, got {budget}")
+def check_labels(labels: np.ndarray | jax.Array, *, n: int, num_classes: int, budget: int) -> None:
+    """Integer labels [n]: -1 (unlabelled) or a class in [0, num_classes), at least one
+    labelled row, and budget <= the unlabelled rows. One reduction over the labels."""
+    dtype = getattr(labels, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"labels: got a {_describe(labels)}; expected an integer array [N] "
+                         "(-1 = unlabelled, else the class)")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"labels: got shape {tuple(labels.shape)}; expected ({n},), one per embeddings row")
+    if _is_traced(labels):
+        return
+    if isinstance(labels, np.ndarray):
+        low, high, labelled = labels.min(), labels.max(), int(np.count_nonzero(labels >= 0))
+    else:
+        low, high, labelled = jax.device_get(_label_summary(labels))
+    if low < -1 or high >= num_classes:
+        bad = int(low) if low < -1 else int(high)
+        raise ValueError(f"labels: got the value {bad}; expected -1 (unlabelled) or a class in [0, {num_classes})")
+    if labelled == 0:
+        raise ValueError("labels: no labelled row (all -1); ALFA-Mix needs labelled rows for its anchors")
+    unlabelled = n - int(labelled)
     if budget > unlabelled:
-        raise ValueError(f"budget ({budget}) is larger than the number of unlabelled rows ({unlabelled})")
+        raise ValueError(f"budget ({budget}) is larger than the number of unlabelled rows ({unlabelled}); "
+                         f"expected 1 <= budget <= {unlabelled}")
+
+
+def check_linear_head(head: Any, *, dim: int, num_classes: int) -> None:
+    """LinearHead(weight [C, D], bias [C]), float and finite, C = num_classes, D = dim."""
+    if not isinstance(head, LinearHead):
+        raise ValueError(f"head_params: got a {type(head).__name__}; expected LinearHead(weight [C, D], bias [C]) "
+                         "for the linear head, or pass head_apply= to the factory for any other head")
+    for name, array, shape in (("head_weight", head.weight, (num_classes, dim)), ("head_bias", head.bias,
+                                                                                  (num_classes,))):
+        dtype = getattr(array, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or tuple(array.shape) != shape:
+            raise ValueError(f"{name}: got a {_describe(array)}; expected a float array of shape {shape} "
+                             f"(logits = embeddings @ head_weight.T + head_bias, num_classes={num_classes}, D={dim})")
+        if not _is_traced(array) and not bool(np.all(np.isfinite(np.asarray(array)))):
+            raise ValueError(f"{name}: holds NaN/inf; expected finite values")
+
+
+def check_head(head_apply: HeadApply | None, head_params: Any, *, dim: int, num_classes: int,
+               dtype: DTypeLike) -> None:
+    """The head maps [n, D] rows to [n, num_classes] float logits (checked abstractly,
+    with `jax.eval_shape`, for a head_apply of any kind)."""
+    if head_apply is None:
+        check_linear_head(head_params, dim=dim, num_classes=num_classes)
+        return
+    z = jax.ShapeDtypeStruct((2, dim), dtype)
+    try:
+        logits = jax.eval_shape(head_apply, head_params, z)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's head is reported as its input error
+        raise ValueError(f"head_apply(head_params, z [n, D={dim}]) failed on the selector's input: "
+                         f"{type(e).__name__}: {e}") from None
+    if getattr(logits, "shape", None) != (2, num_classes) or not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise ValueError(f"head_apply(head_params, z [n, D={dim}]) returned {_describe(logits)} for n=2; expected "
+                         f"float logits [n, num_classes={num_classes}]")
+
+
+def raise_nonfinite_row(first_bad: int) -> None:
+    """The search's report of the lowest row whose logits are not finite, as an error."""
+    if first_bad != NO_ROW:
+        raise ValueError(f"embeddings: row {first_bad} (and maybe others) holds NaN/inf, or values so large the "
+                         "logits overflow; remove or impute such rows")

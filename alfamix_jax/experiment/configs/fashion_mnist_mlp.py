@@ -17,7 +17,7 @@ about 0.6-0.7 at 100 labels to about 0.8 at 1100, ALFA-Mix at or above random.
 """
 from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
 from alfamix_jax.experiment.training import TrainConfig
-from alfamix_jax.strategies import AlfaMixSettings
+from alfamix_jax.selection.settings import SelectorSettings
 
 
 def get_config() -> ExperimentConfig:
@@ -28,7 +28,7 @@ def get_config() -> ExperimentConfig:
         train=TrainConfig(optimizer="adam", learning_rate=1e-3, batch_size=64, max_epochs=1000, stop_accuracy=0.99,
                           warm_start=False),
         loop=LoopConfig(initial_size=100, initial_mode="random", budget=100, rounds=10),
-        alfamix=AlfaMixSettings(alpha_cap_step=0.2),
+        alfamix=SelectorSettings(alpha_cap_step=0.2),
         strategies=("alfamix", "alfamix_learned", "random", "entropy"),
         seeds=(1, 10, 100, 1000, 10000),
     )

@@ -57,7 +57,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.strategies import PoolView, Query, Strategy
+from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 
 def gradient_factors(logits, embeddings, *, include_bias: bool = False):

@@ -33,16 +33,12 @@ commented out there and is not implemented here either). Differences:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.strategies.baselines.dropquery import map_row_blocks
-
-if TYPE_CHECKING:
-    from alfamix_jax.strategies import PoolView, Strategy
+from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 COMPAT_MODES = ("default", "reference")
 HIGHEST = jax.lax.Precision.HIGHEST  # float32 products, not TF32 on a GPU
@@ -132,8 +128,6 @@ def k_center_greedy(p, log_p, labels, budget: int, *, block_size: int = 4096):
 def make_cdal(*, budget: int, num_classes: int, compat: str = "default", block_size: int = 4096, **_) -> Strategy:
     """CDAL-CS: k-center greedy on softmax vectors under the symmetric KL
     (see the module docstring)."""
-    # Imported here: alfamix_jax.strategies imports this module to register it.
-    from alfamix_jax.strategies import Query, Strategy
 
     for name, value in (("budget", budget), ("num_classes", num_classes), ("block_size", block_size)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:

@@ -42,7 +42,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.strategies import PoolView, Query, Strategy
+from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
 

@@ -40,16 +40,15 @@ Where we differ from the original ALFA-Mix repository
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.strategies.baselines.dropquery import map_row_blocks
-
-if TYPE_CHECKING:
-    from alfamix_jax.strategies import PoolView, Strategy
+from alfamix_jax.strategies.interface import PoolView, Query, Strategy
+from alfamix_jax.strategies.simple import top_unlabelled
 
 COMPAT_MODES = ("default", "reference")
 HIGHEST = jax.lax.Precision.HIGHEST  # float32 products, not TF32 on a GPU
@@ -120,8 +119,6 @@ def make_adversarial_deepfool(*, budget: int, num_classes: int, max_iter: int = 
                               compat: str = "default", block_size: int = 4096, **_) -> Strategy:
     """The `budget` unlabelled rows with the smallest DeepFool perturbation
     in embedding space (see the module docstring)."""
-    # Imported here: alfamix_jax.strategies imports this module to register it.
-    from alfamix_jax.strategies import Query, Strategy, _top_unlabelled
 
     _check_int("budget", budget)
     _check_int("num_classes", num_classes)
@@ -137,7 +134,7 @@ def make_adversarial_deepfool(*, budget: int, num_classes: int, max_iter: int = 
         del key  # deterministic
         found = deepfool_scores(view.embeddings, view.head_params, max_iter=max_iter, overshoot=overshoot,
                                 compat=compat, block_size=block_size)
-        selected = _top_unlabelled(-found.score, view.labels, budget)
+        selected = top_unlabelled(-found.score, view.labels, budget)
         eligible = view.labels < 0
         diagnostics = dict(
             mean_selected_score=jnp.mean(found.score[selected]),

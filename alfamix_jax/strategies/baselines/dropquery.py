@@ -34,17 +34,14 @@ labelled pool, is not a query and is not here. Differences:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alfamix_jax.selection import diversity
 from alfamix_jax.selection.fill import fill_default
-from alfamix_jax.selection.selector import cluster_candidates, take_all_candidates
-
-if TYPE_CHECKING:
-    from alfamix_jax.strategies import PoolView, Strategy
+from alfamix_jax.selection.layout import Layout
+from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 HIGHEST = jax.lax.Precision.HIGHEST  # float32 products, not TF32 on a GPU
 
@@ -97,8 +94,6 @@ def make_dropquery(*, budget: int, num_classes: int, passes: int = 3, dropout_ra
                    normalise: bool = False, max_candidates: int = 65536, kmeans_max_iters: int = 100,
                    kmeans_tol: float = 1e-4, block_size: int = 4096, **_) -> Strategy:
     """DropQuery (see the module docstring)."""
-    # Imported here: alfamix_jax.strategies imports this module to register it.
-    from alfamix_jax.strategies import Query, Strategy
 
     for name, value in (("budget", budget), ("num_classes", num_classes), ("passes", passes),
                         ("max_candidates", max_candidates), ("kmeans_max_iters", kmeans_max_iters),
@@ -109,6 +104,7 @@ def make_dropquery(*, budget: int, num_classes: int, passes: int = 3, dropout_ra
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
     max_candidates = max(max_candidates, budget)
     kmeans_kwargs = dict(max_iters=kmeans_max_iters, tol=kmeans_tol, block_size=block_size)
+    one_device = Layout(None)
 
     @jax.jit
     def query(key, view: PoolView) -> Query:
@@ -117,19 +113,21 @@ def make_dropquery(*, budget: int, num_classes: int, passes: int = 3, dropout_ra
         changes = prediction_changes(mask_key, view.embeddings, view.head_params, passes=passes,
                                      rate=dropout_rate, block_size=block_size)
         candidates = eligible & (changes > passes // 2)
-        picks, iters, inertia, clustered = jax.lax.cond(
-            jnp.sum(candidates) <= budget,
-            lambda: take_all_candidates(candidates, budget),
-            lambda: cluster_candidates(cluster_key, view.embeddings, candidates, budget, normalise=normalise,
-                                       max_candidates=max_candidates, kmeans_kwargs=kmeans_kwargs),
+        count = jnp.sum(candidates, dtype=jnp.int32)
+        picks, clustering = jax.lax.cond(
+            count <= budget,
+            lambda: (diversity.take_all(one_device, candidates, budget), diversity.no_clustering(count)),
+            lambda: diversity.kmeans_picks(one_device, cluster_key, view.embeddings, candidates, budget,
+                                           normalise=normalise, capacity=min(max_candidates, candidates.shape[0]),
+                                           kmeans_kwargs=kmeans_kwargs),
         )
         selected, filled = fill_default(fill_key, picks, candidates, eligible)
         diagnostics = dict(
             num_candidates=jnp.sum(candidates, dtype=jnp.int32),
-            num_clustered=clustered,
+            num_clustered=clustering.clustered,
             num_filled=filled,
-            kmeans_iterations=iters,
-            kmeans_inertia=inertia,
+            kmeans_iterations=clustering.iterations,
+            kmeans_inertia=clustering.inertia,
         )
         return Query(selected, diagnostics)
 

@@ -88,8 +88,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alfamix_jax.strategies import PoolView, Query, Strategy
 from alfamix_jax.strategies.baselines.coreset import furthest_first  # the shared greedy k-center
+from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 _METHODS = ("core", "uncertain")
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)

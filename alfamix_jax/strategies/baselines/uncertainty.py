@@ -1,7 +1,7 @@
 """Uncertainty baselines: margin, least confidence and BALD (MC dropout).
 
 Each scores every pool row from the model's outputs and takes the `budget` unlabelled rows with
-the highest score (`_top_unlabelled`: labelled rows never, ties to the lower index). No key is
+the highest score (`top_unlabelled`: labelled rows never, ties to the lower index). No key is
 used: the choice is a deterministic function of the outputs.
 
 - margin (Scheffer et al. 2001): the smallest gap p_(1) - p_(2) between the two largest softmax
@@ -41,7 +41,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.strategies import PoolView, Query, Strategy, _top_unlabelled, make_score_strategy
+from alfamix_jax.strategies.interface import PoolView, Query, Strategy
+from alfamix_jax.strategies.simple import make_score_strategy, top_unlabelled
 
 
 def margin_scores(logits):  # [N, C] -> [N]
@@ -100,7 +101,7 @@ def make_bald(*, budget: int, num_classes: int, passes: int = 5, **_) -> Strateg
         if mc is None or mc.ndim != 3 or mc.shape[1] != n:
             got = None if mc is None else tuple(mc.shape)
             raise ValueError(f"view.mc_logits: got {got}; expected [T, N={n}, C] (bald needs mc_logits)")
-        return Query(_top_unlabelled(bald_scores(mc), view.labels, budget), {})
+        return Query(top_unlabelled(bald_scores(mc), view.labels, budget), {})
 
     return Strategy("bald", query, needs=frozenset({"mc_logits"}), mc_passes=passes)
 
