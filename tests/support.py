@@ -1,13 +1,12 @@
 """Shared test helpers: synthetic pools, the reference fixtures, a compile
-counter. Not a test module."""
-import contextlib
+counter (the one `check_strategy` uses). Not a test module."""
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax import LinearHead
+from alfamix_jax.strategies.checks import count_compiles  # noqa: F401 (re-exported for the tests)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -44,20 +43,3 @@ def make_pool(seed, *, n=300, dim=16, num_classes=5, labelled=60, sep=1.0, w_noi
     labels[chosen] = true[chosen]
     head = LinearHead(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
     return x.astype(np.float32), labels, true, head
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Counts XLA backend compilations (of anything) inside the block:
-    `with count_compiles() as n: ...; n[0]`."""
-    count = [0]
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            count[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield count
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)

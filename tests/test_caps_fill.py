@@ -201,19 +201,27 @@ BAD_POOLS = {
 }
 
 
-ENTRIES = ("one-device", "mesh", "streamed")
+ENTRIES = ("one-device", "one-device-arrays", "mesh", "streamed")
+
+
+def _on_device(a):
+    """A NumPy array as a device array, where JAX keeps its kind (float or integer)."""
+    return jnp.asarray(a) if isinstance(a, np.ndarray) and a.dtype.kind in "fi" else a
 
 
 def _select(pool, entry):
-    """The public entry under test: one device, a 2-device mesh (device arrays), or a mesh
-    streaming a NumPy pool."""
+    """The public entry under test: one device with host arrays or device arrays (whose
+    label values are checked at the search's host read), a 2-device mesh (device arrays), or
+    a mesh streaming a NumPy pool."""
     budget = pool.pop("budget")
-    mesh = None if entry == "one-device" else pool_mesh(jax.devices()[:2])
+    mesh = None if entry.startswith("one-device") else pool_mesh(jax.devices()[:2])
     select = make_alfamix_selector(budget=budget, num_classes=3, mesh=mesh)
-    x = pool["embeddings"]
-    if entry == "mesh" and isinstance(x, np.ndarray) and x.dtype.kind == "f":
-        x = jnp.asarray(x)
-    return select(jax.random.key(0), x, pool["labels"], LinearHead(pool["head_weight"], pool["head_bias"]))
+    x, labels = pool["embeddings"], pool["labels"]
+    if entry in ("mesh", "one-device-arrays"):
+        x = _on_device(x)
+    if entry == "one-device-arrays":
+        labels = _on_device(labels)
+    return select(jax.random.key(0), x, labels, LinearHead(pool["head_weight"], pool["head_bias"]))
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
@@ -231,7 +239,7 @@ def test_every_entry_accepts_a_good_pool(entry):
         assert len(set(np.asarray(result.selected).tolist())) == budget
 
 
-def test_device_labels_are_checked_with_one_reduction():
+def test_device_labels_are_checked_at_the_search_host_read():
     pool = good_pool()
     labels = jnp.asarray(np.where(np.arange(20) == 7, 3, pool["labels"]), jnp.int32)
     select = make_alfamix_selector(budget=4, num_classes=3)

@@ -92,8 +92,9 @@ def kmeans_picks(layout: Layout, key: jax.Array, embeddings: jax.Array | None, c
     On a mesh the Lloyd passes split their row blocks over the devices (`kmeans(axis_name=)`)."""
     subsample_key, kmeans_key = kmeans_keys(key)
     if buffer is None:
+        assert embeddings is not None, "kmeans_picks: give the embeddings or a buffer already read"
         buffer_rows, n_valid = kmeans_buffer(layout, subsample_key, candidates, capacity)
-        x = layout.run(lambda rows, e, i: rows.gather(e, i), (ROW, WHOLE), WHOLE)(embeddings, buffer_rows)
+        x = layout.gather(embeddings, buffer_rows)
     else:
         (buffer_rows, n_valid), x = buffer
 

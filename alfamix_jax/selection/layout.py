@@ -116,6 +116,10 @@ class Layout:
         return jax.shard_map(bound, mesh=self.mesh, check_vma=False,
                              in_specs=jax.tree.map(spec.get, in_specs), out_specs=jax.tree.map(spec.get, out_specs))
 
+    def gather(self, x: jax.Array, rows: jax.Array) -> jax.Array:
+        """x [N', ...] at global rows [R] -> [R, ...], whole on every device (`Rows.gather`)."""
+        return self.run(lambda r, x, i: r.gather(x, i), (ROW, WHOLE), WHOLE)(x, rows)
+
     def uniform(self, key: jax.Array, n: int) -> jax.Array:
         """[n] uniform draws, split by rows on a mesh. A row's draw does not depend on n or the mesh
         (partitionable threefry), so one device and any mesh draw the same value for a row."""

@@ -107,6 +107,7 @@ class _Pool:
     host_labels: np.ndarray | None  # [N], on a mesh
     size: int  # N
     streamed: bool
+    labels_pending: bool  # device labels: their values are checked at the search's host read
 
 
 class Selector:
@@ -121,7 +122,7 @@ class Selector:
                                     static_argnames="pool_size") for stage in ("all", "diversify")}
         self._fused = wrap(self._fused_program)
         self._anchors = wrap(lambda key, x, y: stages.compute_anchor_rows(plan, stages.split_keys(key), x, y))
-        self._gather = wrap(lambda x, rows: x[rows])
+        self._gather = wrap(layout.gather)
         self._buffer = wrap(functools.partial(stages.kmeans_buffer, layout, plan), static_argnames="pool_size")
         self._stream: StreamedSearch | None = None
         if layout.mesh is not None:
@@ -140,16 +141,16 @@ class Selector:
                        head_params: Any) -> tuple[Selection, jax.Array]:
         found, summary = stages.run_search(self.layout, self.plan, key, x, labels, head_params, x, labels)
         selection = stages.finish(self.layout, self.plan, "auto", key, x, labels, found, pool_size=x.shape[0])
-        return selection, summary[1]
+        return selection, summary
 
     def __call__(self, key: jax.Array, embeddings: jax.Array | np.ndarray | ShardedPool, labels: jax.Array | np.ndarray,
                  head_params: Any) -> Selection:
         _check_key(key)
         pool = self._place(embeddings, labels, head_params)
         if self.fused:
-            selection, first_bad = self._fused(key, pool.x, pool.labels, head_params)
-            if not isinstance(first_bad, jax.core.Tracer):
-                validation.raise_nonfinite_row(int(first_bad))
+            selection, summary = self._fused(key, pool.x, pool.labels, head_params)
+            if not isinstance(summary, jax.core.Tracer):  # called eagerly: check as the two stages do
+                self._check_summary(summary, pool)
             return selection
         found, count = self._run_search(key, pool, head_params)
         stage = "all" if count <= self.plan.budget else "diversify"
@@ -171,9 +172,17 @@ class Selector:
         else:
             anchor_x, anchor_y = self._labelled_rows(pool) if self.layout.mesh is not None else (pool.x, pool.labels)
             found, summary = self._search(key, pool.x, pool.labels, head_params, anchor_x, anchor_y)
-        count, first_bad = (int(v) for v in jax.device_get(summary))
-        validation.raise_nonfinite_row(first_bad)
+        count = self._check_summary(summary, pool)
         return found, count
+
+    def _check_summary(self, summary: jax.Array, pool: _Pool) -> int:
+        """The one host read: raise on bad label values or a non-finite row. -> candidate count."""
+        values = [int(v) for v in jax.device_get(summary)]
+        if pool.labels_pending:
+            validation.check_label_values(*values[2:5], n=pool.size, num_classes=self.plan.num_classes,
+                                          budget=self.plan.budget)
+        validation.raise_nonfinite_row(values[1])
+        return values[0]
 
     def _place(self, embeddings: jax.Array | np.ndarray | ShardedPool, labels: jax.Array | np.ndarray,
                head_params: Any) -> _Pool:
@@ -189,7 +198,7 @@ class Selector:
             if embeddings.rows.shape[0] != self.layout.padded(n):
                 raise ValueError(f"embeddings: a ShardedPool of {embeddings.rows.shape[0]} rows for size {n} on "
                                  f"{self.layout.devices} devices; build it with mesh.shard_pool(mesh, embeddings)")
-        validation.check_labels(labels, n=n, num_classes=self.plan.num_classes, budget=self.plan.budget)
+        pending = validation.check_labels(labels, n=n, num_classes=self.plan.num_classes, budget=self.plan.budget)
         validation.check_head(self.plan.head_apply, head_params, dim=dim, num_classes=self.plan.num_classes,
                               dtype=jnp.float32)
         streamed = isinstance(embeddings, np.ndarray) and self.layout.mesh is not None
@@ -198,15 +207,17 @@ class Selector:
         if self.layout.mesh is None:
             x = jnp.asarray(embeddings) if self.device is None else jax.device_put(embeddings, self.device)
             y = jnp.asarray(labels, jnp.int32)
-            return _Pool(x, y if self.device is None else jax.device_put(y, self.device), None, n, False)
+            return _Pool(x, y if self.device is None else jax.device_put(y, self.device), None, n, False, pending)
         host_labels = np.asarray(labels, np.int32)
+        if pending:  # a mesh reads the labels on the host anyway
+            validation.check_labels(host_labels, n=n, num_classes=self.plan.num_classes, budget=self.plan.budget)
         if isinstance(embeddings, ShardedPool):
             x = embeddings.rows
         elif streamed:
             x = embeddings
         else:
             x = self.layout.place_rows(jnp.asarray(embeddings))
-        return _Pool(x, self.layout.place_labels(host_labels), host_labels, n, streamed)
+        return _Pool(x, self.layout.place_labels(host_labels), host_labels, n, streamed, False)
 
     def _check_streamable(self) -> None:
         if jax.process_count() > 1:

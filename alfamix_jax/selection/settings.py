@@ -22,10 +22,7 @@ import numbers
 import types
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+from typing import Any, TypeVar
 
 ALPHA_RULES = ("closed-form", "random", "learned")
 ANCHOR_RULES = ("class-means", "labelled")  # the paper's anchor ablation
@@ -202,7 +199,7 @@ def parse_value(text: str, annotation: Any, where: str) -> Any:
     raise ValueError(f"{where}: cannot parse a value of type {annotation}")
 
 
-def flat_fields(cls: type[DataclassInstance] = SelectorSettings,
+def flat_fields(cls: Any = SelectorSettings,  # a dataclass type
                 prefix: str = "") -> list[tuple[str, object, dataclasses.Field]]:
     """(dotted name, type, field) of every scalar setting, nested sections flattened
     ("learned.iters"): the CLI makes one option of each."""

@@ -1,11 +1,13 @@
 """Checks of a selector's arguments, at its entry, before anything is traced.
 
 Each error names the argument, what was seen and what is expected, so the message alone
-tells the user the fix. The checks read host metadata (shapes, dtypes) or make one cheap
-reduction (over the labels, or the head's abstract evaluation); the embeddings are never
-scanned here: the search pass reports the first row whose logits are not finite
-(`raise_nonfinite_row`), so a memory-mapped pool is read once. Under an outer `jit`
-(traced arguments) only the metadata is checked. Nothing here runs inside the jitted core.
+tells the user the fix. The checks read host metadata (shapes, dtypes), host arrays, or a
+head's abstract evaluation. Values on a device are not read here: the search program
+reports, with the candidate count that the selector reads anyway (its one host read), the
+lowest row whose logits are not finite and the labels' extremes and labelled count, and
+`raise_nonfinite_row` / `check_label_values` judge them. So a memory-mapped pool is read
+once, and device labels cost no extra pass or transfer. Under an outer `jit` (traced arguments) only the metadata is
+checked. Nothing here runs inside the jitted core.
 """
 from __future__ import annotations
 
@@ -51,32 +53,33 @@ def check_embeddings(embeddings: np.ndarray | jax.Array) -> tuple[int, int]:
     return int(n), int(dim)
 
 
-@jax.jit
-def _label_summary(labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return jnp.min(labels), jnp.max(labels), jnp.sum(labels >= 0, dtype=jnp.int32)
-
-
-def check_labels(labels: np.ndarray | jax.Array, *, n: int, num_classes: int, budget: int) -> None:
-    """Integer labels [n]: -1 (unlabelled) or a class in [0, num_classes), at least one
-    labelled row, and budget <= the unlabelled rows. One reduction over the labels."""
+def check_labels(labels: np.ndarray | jax.Array, *, n: int, num_classes: int, budget: int) -> bool:
+    """Integer labels [n]; their values (`check_label_values`) at once when they are on the
+    host. -> True when the values are still to check: device labels are summarised by the
+    search program (`stages.label_stats`) and checked at its one host read, so they cost
+    no extra pass or transfer; traced labels (inside an outer jit) are not checked."""
     dtype = getattr(labels, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(f"labels: got a {_describe(labels)}; expected an integer array [N] "
                          "(-1 = unlabelled, else the class)")
     if tuple(labels.shape) != (n,):
         raise ValueError(f"labels: got shape {tuple(labels.shape)}; expected ({n},), one per embeddings row")
-    if _is_traced(labels):
-        return
     if isinstance(labels, np.ndarray):
-        low, high, labelled = labels.min(), labels.max(), int(np.count_nonzero(labels >= 0))
-    else:
-        low, high, labelled = jax.device_get(_label_summary(labels))
+        check_label_values(int(labels.min()), int(labels.max()), int(np.count_nonzero(labels >= 0)), n=n,
+                           num_classes=num_classes, budget=budget)
+        return False
+    return not _is_traced(labels)
+
+
+def check_label_values(low: int, high: int, labelled: int, *, n: int, num_classes: int, budget: int) -> None:
+    """Labels in [-1, num_classes) (low, high: their extremes), at least one labelled row,
+    and 1 <= budget <= the unlabelled rows."""
     if low < -1 or high >= num_classes:
-        bad = int(low) if low < -1 else int(high)
+        bad = low if low < -1 else high
         raise ValueError(f"labels: got the value {bad}; expected -1 (unlabelled) or a class in [0, {num_classes})")
     if labelled == 0:
         raise ValueError("labels: no labelled row (all -1); ALFA-Mix needs labelled rows for its anchors")
-    unlabelled = n - int(labelled)
+    unlabelled = n - labelled
     if budget > unlabelled:
         raise ValueError(f"budget ({budget}) is larger than the number of unlabelled rows ({unlabelled}); "
                          f"expected 1 <= budget <= {unlabelled}")

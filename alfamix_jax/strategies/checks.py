@@ -55,7 +55,7 @@ def check_strategy(name_or_factory: str | Callable, *, budget: int = 12, num_cla
     grown = pool.labels.copy()
     grown[first] = pool.true[first]
     next_view = pool.view(grown, passes)
-    with _count_compiles() as compiles:
+    with count_compiles() as compiles:
         _query(name, strategy, jax.random.key(8), next_view, budget, grown, round_index=2)
     if compiles[0] > max_new_compiles:
         raise AssertionError(f"strategy {name!r}: the next round (more labels, same shapes) compiled {compiles[0]} "
@@ -118,8 +118,8 @@ class _Pool:
 
 
 @contextlib.contextmanager
-def _count_compiles():
-    """XLA backend compilations inside the block: `with _count_compiles() as n: ...; n[0]`."""
+def count_compiles():
+    """XLA backend compilations inside the block: `with count_compiles() as n: ...; n[0]`."""
     count = [0]
 
     def listener(event, duration, **_):
