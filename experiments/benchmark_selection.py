@@ -17,7 +17,7 @@ Prints Markdown tables:
   (c) k-means, 1000 centres on 20k x 512 L2-normalised points, against
       scikit-learn's KMeans(n_init=1).
 and a PASS/FAIL table against the targets set from the original's timings
-(shared/reference/README.md). Every measurement runs in its own subprocess
+(measured on this kind of machine). Every measurement runs in its own subprocess
 (this script re-invoked with --worker), so each first call is genuinely cold.
 
 This is a benchmark, not a test: timings depend on the machine and its load
@@ -39,7 +39,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The original's measurements on this kind of 2-core machine (shared/reference/README.md).
+# The original's measurements on this kind of 2-core machine.
 ORIGINAL_QUERY_20K_S = 9.0  # closed form, N=20k, D=512, budget 1000, step 0.2: 7.5 to 9.6 s over 8 runs
 ORIGINAL_QUERY_20K_RANGE = "7.5-9.6 s"
 ORIGINAL_RANDOM_20K_S = 51.9  # one earlier measurement
@@ -57,7 +57,7 @@ KMEANS_CENTRES = 1000
 KMEANS_POINTS = 20000
 
 
-# Copied from shared/bench/make_pool.py (the generator of the pool the
+# Copied from the original's benchmark pool generator (the generator of the pool the
 # original was timed on), unchanged, so the benchmark needs no path outside
 # the repository.
 def make_pool(seed, n_unlabelled, n_labelled, dim, classes, sep, w_noise=0.1):

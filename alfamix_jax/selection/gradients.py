@@ -2,7 +2,7 @@
 
 The original takes `d/du CrossEntropy(f(u), p)` with mean reduction and then
 divides by its row norm, so only the direction of each row matters. Two
-numerical points (see shared/reference/README.md):
+numerical points, both measured against the original's float32 torch code:
 - The 1/N of the mean reduction only shrinks entries towards the subnormal
   range, which XLA on CPU flushes to zero (torch does not). We use the sum
   reduction: per-row gradients are identical up to that positive scale.
