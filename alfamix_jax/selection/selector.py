@@ -47,7 +47,7 @@ def make_alfamix_selector(*, budget: int, num_classes: int, head_apply: HeadAppl
     mesh: None runs on one device. A 1-D `Mesh` (`mesh.pool_mesh()`) splits the pool's rows
       over its devices; the same seed gives the same batch on any number of devices, bit for
       bit, and the one-device batch. On more than one device, `compat="reference"`, the
-      "labelled" anchors and `fused` are refused (they run on one device).
+      "labelled" anchors, `fused` and `jit=False` are refused (they run on one device).
     settings: a `SelectorSettings`; keywords replace its fields (`alpha="learned"`, ...).
     fused: one jitted program (a `lax.cond` between taking every candidate and the
       diversity rule), to call inside your own `jit`. By default two jitted stages with one
