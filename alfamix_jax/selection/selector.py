@@ -198,6 +198,8 @@ class Selector:
             if embeddings.rows.shape[0] != self.layout.padded(n):
                 raise ValueError(f"embeddings: a ShardedPool of {embeddings.rows.shape[0]} rows for size {n} on "
                                  f"{self.layout.devices} devices; build it with mesh.shard_pool(mesh, embeddings)")
+        if self.layout.mesh is not None and isinstance(labels, jax.Array) and not isinstance(labels, jax.core.Tracer):
+            labels = np.asarray(labels)  # a mesh reads the labels on the host anyway: check them there, once
         pending = validation.check_labels(labels, n=n, num_classes=self.plan.num_classes, budget=self.plan.budget)
         validation.check_head(self.plan.head_apply, head_params, dim=dim, num_classes=self.plan.num_classes,
                               dtype=jnp.float32)
@@ -209,8 +211,6 @@ class Selector:
             y = jnp.asarray(labels, jnp.int32)
             return _Pool(x, y if self.device is None else jax.device_put(y, self.device), None, n, False, pending)
         host_labels = np.asarray(labels, np.int32)
-        if pending:  # a mesh reads the labels on the host anyway
-            validation.check_labels(host_labels, n=n, num_classes=self.plan.num_classes, budget=self.plan.budget)
         if isinstance(embeddings, ShardedPool):
             x = embeddings.rows
         elif streamed:

@@ -42,12 +42,14 @@ class SettingError(ValueError):
         self.field = field
 
 
-def _integer(owner: str, field: str, value: int | None, *, minimum: int = 1, optional: bool = False) -> None:
+def check_integer(name: str, value: object, *, minimum: int = 1, optional: bool = False) -> int | None:
+    """A Python / NumPy integer >= minimum (not a bool), or None when optional; else a
+    SettingError (a ValueError) naming `name`. -> the value as an int (or None)."""
     if optional and value is None:
-        return
+        return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SettingError(f"{owner}{field}", f"got {value!r}; expected an integer >= {minimum}"
-                           + (" or None" if optional else ""))
+        raise SettingError(name, f"got {value!r}; expected an integer >= {minimum}" + (" or None" if optional else ""))
+    return int(value)
 
 
 def _real(owner: str, field: str, value: float, *, positive: bool = False, non_negative: bool = False) -> None:
@@ -108,7 +110,7 @@ class LearnedAlphaSettings:
 
     def __post_init__(self) -> None:
         _real("learned.", "learning_rate", self.learning_rate, positive=True)
-        _integer("learned.", "iters", self.iters)
+        check_integer("learned.iters", self.iters)
         _real("learned.", "clf_coef", self.clf_coef)
         _real("learned.", "l2_coef", self.l2_coef, non_negative=True)
 
@@ -157,8 +159,8 @@ class SelectorSettings:
             raise SettingError("learned", f"got a {type(self.learned).__name__}; expected LearnedAlphaSettings")
         for name in ("max_anchors", "max_candidates", "kmeans_max_iters", "block_size", "stream_block_size",
                      "prefetch"):
-            _integer("", name, getattr(self, name))
-        _integer("", "kmeans_block_size", self.kmeans_block_size, optional=True)
+            check_integer(name, getattr(self, name))
+        check_integer("kmeans_block_size", self.kmeans_block_size, optional=True)
         _real("", "kmeans_tol", self.kmeans_tol, non_negative=True)
         if not isinstance(self.linear_fast_path, bool):
             raise SettingError("linear_fast_path", f"got {self.linear_fast_path!r}; expected True or False")

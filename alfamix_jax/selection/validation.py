@@ -11,7 +11,6 @@ checked. Nothing here runs inside the jitted core.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ from jax.typing import DTypeLike
 
 from alfamix_jax.selection.heads import HeadApply, LinearHead
 from alfamix_jax.selection.layout import NO_ROW
+from alfamix_jax.selection.settings import check_integer
 
 
 def _is_traced(x: object) -> bool:
@@ -33,10 +33,10 @@ def _describe(x: object) -> str:
 
 
 def check_count(name: str, value: object, minimum: int) -> int:
-    """A Python / NumPy integer >= minimum (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: got {value!r}; expected an integer >= {minimum}")
-    return int(value)
+    """A Python / NumPy integer >= minimum (not a bool): the settings' rule, for an argument."""
+    checked = check_integer(name, value, minimum=minimum)
+    assert checked is not None
+    return checked
 
 
 def check_embeddings(embeddings: np.ndarray | jax.Array) -> tuple[int, int]:

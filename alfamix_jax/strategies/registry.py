@@ -15,7 +15,7 @@ import numbers
 import re
 from collections.abc import Callable
 
-from alfamix_jax.selection.settings import COMPAT_MODES, SelectorSettings, SettingError
+from alfamix_jax.selection.settings import COMPAT_MODES, SelectorSettings, SettingError, check_integer
 from alfamix_jax.strategies.interface import Strategy
 
 # name -> factory(*, budget, num_classes, **settings) -> Strategy (or a bare query function)
@@ -41,9 +41,7 @@ class BaselineSettings:
     def __post_init__(self):
         for name in ("block_size", "bald_passes", "dropquery_passes", "gcnal_subset_size", "gcnal_train_steps",
                      "deepfool_max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise SettingError(name, f"got {value!r}; expected an integer >= 1")
+            check_integer(name, getattr(self, name))
         rate = self.dropquery_dropout
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
             raise SettingError("dropquery_dropout", f"got {rate!r}; expected a dropout rate in [0, 1)")
