@@ -338,7 +338,7 @@ def run_worker(kind, args, **extra):
 
 def cli_command():
     """The `alfamix-jax` entry point if present, else the module's main()."""
-    cli = REPO / "alfamix_jax" / "cli.py"
+    cli = REPO / "alfamix_jax" / "cli" / "__init__.py"
     if not cli.exists() or "def main" not in cli.read_text():
         return None
     script = Path(sys.executable).parent / "alfamix-jax"
@@ -491,7 +491,7 @@ def print_tables(results, args):
     print()
     cli = results.get("cli")
     if cli is None:
-        print("Not measured: `alfamix_jax/cli.py` with a `main` was not found (or --skip-cli).")
+        print("Not measured: `alfamix_jax/cli/` with a `main` was not found (or --skip-cli).")
     else:
         print("Wall clock of the whole process (interpreter start, imports, loading the .npz, compile with an "
               "empty compilation cache directory, selection, writing the output), median of "
