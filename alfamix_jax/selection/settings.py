@@ -52,6 +52,18 @@ def check_integer(name: str, value: object, *, minimum: int = 1, optional: bool 
     return int(value)
 
 
+SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits without x64: key(2**32) is key(0), key(-1) is key(2**32 - 1)
+
+
+def check_seed(name: str, value: object) -> int:
+    """A PRNG seed: an integer in [0, 2**32 - 1] (wider ones would silently collide with
+    narrower ones); else a SettingError naming `name`. -> the seed as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= SEED_MAX:
+        raise SettingError(name, f"got {value!r}; expected an integer in [0, {SEED_MAX}] (2**32 - 1): "
+                                 "a wider seed would give the same keys as a narrower one")
+    return int(value)
+
+
 def _real(owner: str, field: str, value: float, *, positive: bool = False, non_negative: bool = False) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok and positive:
