@@ -221,6 +221,18 @@ def test_fashion_mnist_from_idx_keeps_order_and_normalises(tmp_path, gz):
         expected = (images[..., None].astype(np.float64) / 255 - FASHION_MEAN) / FASHION_STD
         np.testing.assert_allclose(x, expected, atol=1e-5)  # record i = IDX row i
         assert np.array_equal(y, labels)
+    mnist = load_dataset("fashion_mnist", data_dir=str(tmp_path / "idx"), cache_dir=str(tmp_path / "cache"),
+                         normalisation="mnist")  # the original's MNIST handler
+    images, _ = written["train"]
+    np.testing.assert_allclose(mnist.x_train, (images[..., None] / 255 - 0.1307) / 0.3081, atol=1e-5)
+    assert np.array_equal(mnist.y_train, d.y_train)
+
+
+def test_normalisation_is_checked_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="normalisation 'imagenet' is unknown; choose from dataset, mnist"):
+        check_dataset_args("fashion_mnist", data_dir=str(tmp_path), normalisation="imagenet")
+    with pytest.raises(ValueError, match="normalisation 'mnist': dataset 'digits' is not standardised"):
+        load_dataset("digits", normalisation="mnist")
 
 
 def test_fashion_mnist_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):

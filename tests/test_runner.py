@@ -268,11 +268,38 @@ def test_no_recompilation_from_round_two(tmp_path):
 def test_initial_set_per_class_and_random():
     y = np.repeat(np.arange(5), 30)
     key = jax.random.key(0)
-    per_class = initial_labelled(key, y, size=10, mode="per_class", num_classes=5)
+    per_class = initial_labelled(key, 0, y, size=10, mode="per_class", num_classes=5)
     assert np.array_equal(np.bincount(y[per_class], minlength=5), [2] * 5)
-    rand = initial_labelled(key, y, size=17, mode="random", num_classes=5)
+    rand = initial_labelled(key, 0, y, size=17, mode="random", num_classes=5)
     assert rand.sum() == 17
-    assert np.array_equal(rand, initial_labelled(key, y, size=17, mode="random", num_classes=5))
+    assert np.array_equal(rand, initial_labelled(key, 0, y, size=17, mode="random", num_classes=5))
+
+
+def _original_main_py_draw(seed, n, size):
+    """The original main.py's initial draw, transcribed: the global RNG, seeded, shuffles arange(N)."""
+    np.random.seed(seed)
+    idxs_lb = np.zeros(n, dtype=bool)
+    idxs_tmp = np.arange(n)
+    np.random.shuffle(idxs_tmp)
+    idxs_lb[idxs_tmp[:size]] = True
+    return idxs_lb
+
+
+@pytest.mark.parametrize("seed", [1, 10, 100, 1000, 10000])
+def test_initial_set_original_is_main_py_for_each_seed(seed):
+    y = np.arange(60000) % 10
+    state = np.random.get_state()
+    try:
+        np.random.seed(12345)
+        before = np.random.get_state()[1].copy()
+        mine = initial_labelled(jax.random.key(seed), seed, y, size=100, mode="original", num_classes=10)
+        assert np.array_equal(np.random.get_state()[1], before)  # the global RNG is left alone
+        expected = _original_main_py_draw(seed, 60000, 100)
+    finally:
+        np.random.set_state(state)
+    assert mine.sum() == 100 and np.array_equal(mine, expected)
+    other = initial_labelled(jax.random.key(seed), seed + 1, y, size=100, mode="original", num_classes=10)
+    assert not np.array_equal(mine, other)  # the seed, not the key, decides
 
 
 # --------------------------------------------------------------------------- configs and bad input

@@ -25,7 +25,7 @@ from alfamix_jax.experiment.training import TrainConfig
 from alfamix_jax.selection.settings import SelectorSettings, parse_value, part_name
 from alfamix_jax.strategies import BaselineSettings
 
-INITIAL_MODES = ("random", "per_class")
+INITIAL_MODES = ("random", "per_class", "original")
 PART_FIELDS = ("alpha", "anchors", "diversity")  # SelectorSettings fields that may hold a function
 
 
@@ -37,6 +37,9 @@ class DataConfig:
     max_train: int | None = None  # a seeded subset of the pool, for quick runs
     max_test: int | None = None
     split_seed: int = 0  # seeds the max_train / max_test subsets (digits' 80/20 split is fixed)
+    # "dataset": the images' own mean/std; "mnist": MNIST's (0.1307, 0.3081) for any image dataset,
+    # as the original code's MNIST handler did when it ran Fashion-MNIST (see data.NORMALISATIONS).
+    normalisation: str = "dataset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,10 @@ class LoopConfig:
     so a run has rounds + 1 accuracy points (round 0 = the initial set)."""
 
     initial_size: int = 100
-    initial_mode: str = "random"  # "random" | "per_class" (initial_size / C per class)
+    # "random": initial_size rows drawn with the seed's JAX key; "per_class": initial_size / C per
+    # class; "original": the original main.py's draw for the seed (np.random.seed(seed), shuffle
+    # arange(N), the first initial_size), so a seed's initial set is the original's for that seed.
+    initial_mode: str = "random"
     budget: int = 100  # rows queried in round 1
     growth_ratio: float = 1.0  # round r queries round(budget * growth_ratio ** (r - 1))
     rounds: int = 10

@@ -56,7 +56,8 @@ def check_config(config: ExperimentConfig) -> None:
     the training settings."""
     from alfamix_jax.experiment.data import check_dataset_args
 
-    check_dataset_args(config.data.name, data_dir=config.data.data_dir, path=config.data.path)
+    check_dataset_args(config.data.name, data_dir=config.data.data_dir, path=config.data.path,
+                       normalisation=config.data.normalisation)
     if config.model.name not in MODELS:
         raise ValueError(f"model.name {config.model.name!r} is unknown; choose from {MODELS}")
     _check_settings(config)
@@ -141,11 +142,18 @@ def check_pool(config: ExperimentConfig, y_train: np.ndarray, num_classes: int) 
 # --------------------------------------------------------------------------- the loop pieces
 
 
-def initial_labelled(key, y_train: np.ndarray, *, size: int, mode: str, num_classes: int) -> np.ndarray:
-    """The round-0 labelled mask [N]: `size` random rows, or size / C per class."""
+def initial_labelled(key, seed: int, y_train: np.ndarray, *, size: int, mode: str, num_classes: int) -> np.ndarray:
+    """The round-0 labelled mask [N]: `size` random rows, size / C per class, or the original's draw."""
     n = len(y_train)
-    order = np.asarray(jax.random.permutation(key, n))
     mask = np.zeros(n, bool)
+    if mode == "original":
+        # main.py: np.random.seed(seed); np.random.shuffle(idxs); the first n. A RandomState of
+        # its own gives the same permutation without touching NumPy's global RNG.
+        order = np.arange(n)
+        np.random.RandomState(seed).shuffle(order)
+        mask[order[:size]] = True
+        return mask
+    order = np.asarray(jax.random.permutation(key, n))
     if mode == "random":
         mask[order[:size]] = True
     else:
@@ -244,7 +252,7 @@ def make_workbench(config: ExperimentConfig, log: Callable[[str], None] = print)
     d = config.data
     start = time.perf_counter()
     data = load_dataset(d.name, data_dir=d.data_dir, path=d.path, max_train=d.max_train, max_test=d.max_test,
-                        seed=d.split_seed)
+                        seed=d.split_seed, normalisation=d.normalisation)
     check_pool(config, data.y_train, data.num_classes)
     log(f"data: {data.name}, pool {len(data.y_train)}, test {len(data.y_test)}, input {data.input_shape}, "
         f"{data.num_classes} classes ({time.perf_counter() - start:.1f} s)")
@@ -317,7 +325,7 @@ def _run_rounds(bench, checkpointer, strategy_name, seed, on_round):
     restored = checkpointer.latest(template)
     if restored is None:
         start_round, records, pending = 0, [], {}
-        labelled = initial_labelled(initial_key, bench.y_train, size=loop.initial_size, mode=loop.initial_mode,
+        labelled = initial_labelled(initial_key, seed, bench.y_train, size=loop.initial_size, mode=loop.initial_mode,
                                     num_classes=bench.num_classes)
         state = None
     else:

@@ -23,17 +23,17 @@ class TfdsSpec:
     label_offset: int = 0  # subtracted from the stored labels
 
 
-_MNIST_MEAN_STD = ((0.1307,), (0.3081,))
+MNIST_MEAN_STD = ((0.1307,), (0.3081,))
 # Fashion-MNIST's own statistics (computed on its 60000 training images: mean 0.28604, std 0.35302).
 FASHION_MNIST_MEAN_STD = ((0.2860,), (0.3530,))
 _SVHN_MEAN_STD = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 _CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 PUBLIC_TFDS = {
-    "mnist": TfdsSpec("mnist", 10, (28, 28, 1), *_MNIST_MEAN_STD),
+    "mnist": TfdsSpec("mnist", 10, (28, 28, 1), *MNIST_MEAN_STD),
     # TFDS stores the 26 letters as 1..26 (ClassLabel of 37); the original also shifts to 0..25.
     # Images stay transposed, as in TFDS and torchvision (the original does not transpose either).
-    "emnist_letters": TfdsSpec("emnist/letters", 26, (28, 28, 1), *_MNIST_MEAN_STD, label_offset=1),
+    "emnist_letters": TfdsSpec("emnist/letters", 26, (28, 28, 1), *MNIST_MEAN_STD, label_offset=1),
     "svhn": TfdsSpec("svhn_cropped", 10, (32, 32, 3), *_SVHN_MEAN_STD),
     "cifar10": TfdsSpec("cifar10", 10, (32, 32, 3), *_CIFAR_MEAN_STD),
     "cifar100": TfdsSpec("cifar100", 100, (32, 32, 3), *_CIFAR_MEAN_STD),
