@@ -1,8 +1,8 @@
 """A float64 NumPy oracle of ALFA-Mix's closed-form candidate search.
 
-Written from the description of the original code (shared/reference/README.md,
-"The query, as the original does it"), not from the package, so that the
-tests compare two independent readings of the same rule:
+Written from a description of the original code's query (the steps below), not
+from the package, so that the tests compare two independent readings of the
+same rule:
 
 1. pseudo-label p = argmax f(u);
 2. g = d CE(f(u), p) / du (only its direction matters);

@@ -1,6 +1,7 @@
 """Parity with the original PyTorch code on its captured runs
-(tests/fixtures/*.npz, copied from shared/reference/fixtures; see
-shared/reference/README.md for what each one shows).
+(tests/fixtures/*.npz: the inputs of each query, the original's internal
+state per cap, and its result; tests/fixtures/README.md says what each
+one shows).
 
 Fixture arrays "per unlabelled row" are indexed by unlabelled position;
 `ulb_idxs` maps them to pool rows. Q1 rows (defect Q1: torch's float32 norm

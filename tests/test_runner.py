@@ -365,7 +365,9 @@ def test_shipped_configs_load_and_state_their_command():
     assert (fm.train.learning_rate, fm.train.batch_size, fm.train.max_epochs) == (1e-3, 64, 1000)
     assert fm.train.stop_accuracy == 0.99 and not fm.train.warm_start and fm.model.embed_dim == 256
     assert fm.seeds == (1, 10, 100, 1000, 10000)
-    assert set(fm.strategies) == {"alfamix", "alfamix_learned", "random", "entropy"}
+    assert set(fm.strategies) == {"alfamix", "alfamix_learned", "random", "entropy", "badge"}
+    # The original ran Fashion-MNIST through its MNIST handler, and drew the initial set with np.random.
+    assert fm.data.normalisation == "mnist" and fm.loop.initial_mode == "original"
 
 
 def test_report_command_reads_a_workdir(tmp_path):

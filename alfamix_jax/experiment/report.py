@@ -1,30 +1,46 @@
 """The experiment report: accuracy table, AUBC, the paper's pairwise comparison matrix, plots.
 
 Reads the `results.csv` that the runner writes in each run directory (one row per strategy, seed
-and round) and renders what `alfamix-jax report DIR [DIR...]` prints. The comparison matrix is the
-one ALFA-Mix (Parvaneh et al., CVPR 2022) reuses from BADGE (Ash et al., ICLR 2020): a paired
-t-test over seeds for each pair of strategies and each labelled-set size. Host-side NumPy and
-scipy only; no JAX. Plots use `matplotlib.figure.Figure` directly, so no pyplot backend state is
-touched.
+and round), its `config.json` (runs are merged only when their configs agree up to strategies and
+seeds) and, where present, its `picks.csv` (the rows each round labelled), and renders what
+`alfamix-jax report DIR [DIR...]` prints. The comparison matrix is the one ALFA-Mix (Parvaneh et
+al., CVPR 2022) reuses from BADGE (Ash et al., ICLR 2020): a paired t-test over seeds for each
+pair of strategies and each labelled-set size. Host-side NumPy and scipy only; no JAX. Plots use
+`matplotlib.figure.Figure` directly, so no pyplot backend state is touched.
 
 Accuracy std (table, AUBC, plot band) is the population std over seeds (ddof=0) unless asked
 otherwise; the t-test std is ddof=1 by default (ddof=0 reproduces the original's code).
+
+Every input problem (a garbled row, a binary or non-UTF-8 file, bad JSON, an unwritable output
+folder) is a ValueError naming the file (and line); user text in the Markdown is escaped.
 """
 import csv
 import dataclasses
+import io
+import json
 import math
 import os
-import tempfile
+import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import IO
 
 import numpy as np
 import scipy.stats
 
+from alfamix_jax.files import write_atomic
+
 RESULTS_FILE = "results.csv"
+CONFIG_FILE = "config.json"
+PICKS_FILE = "picks.csv"
 # Columns the report reads; the runner also writes query_seconds, query_compile_seconds,
 # train_seconds, train_epochs, candidates, filled (kept in each row dict as raw strings).
 REQUIRED_COLUMNS = ("strategy", "seed", "round", "labelled", "test_accuracy")
 INT_COLUMNS = ("seed", "round", "labelled")
+SECONDS_COLUMNS = ("query_seconds", "query_compile_seconds")  # checked to be seconds, kept as strings
+PICKS_COLUMNS = ("strategy", "seed", "round", "rank", "index")
+# config.json sections that may differ between merged runs (the runner's RUN_SELECTION_FIELDS;
+# not imported from there because the runner imports JAX).
+RUN_SELECTION_FIELDS = ("strategies", "seeds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,72 +56,116 @@ def _as_dir_list(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
     return out
 
 
+INT64_RANGE = range(-(2**63), 2**63)
+
+
 def _parse_int(text: str) -> int:
-    """An integer, also when written as an integral float ("3.0")."""
+    """An int64, also when written as an integral float ("3.0"); ValueError otherwise."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        value = float(text)
-        if not value.is_integer():
+        number = float(text)
+        if not number.is_integer():
             raise
-        return int(value)
+        value = int(number)
+    if value not in INT64_RANGE:
+        raise ValueError(text)
+    return value
 
 
-def _read_one(path: str) -> list[tuple[int, dict]]:
-    """Rows of one results.csv as (line number, parsed row dict)."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+def _read_text(path: str, what: str) -> str:
+    """The UTF-8 text of `path` (a BOM dropped); ValueError naming the file (and line) when it cannot
+    be read, holds a NUL byte (a binary file) or is not UTF-8. `what` says what the file should be."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ValueError(f"{path} line {line}: a NUL byte; this is a binary file, not {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path} line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text; expected {what}") from None
+
+
+def _csv_records(path: str, required: Sequence[str], what: str) -> list[tuple[int, dict]]:
+    """Rows of a CSV file as (line number, {column: stripped text or None}); the header must name
+    `required` and those columns must be non-empty in every row. Errors name the file and line."""
+    reader = csv.DictReader(io.StringIO(_read_text(path, what), newline=""))
+    try:
         header = reader.fieldnames
         if not header:
             raise ValueError(f"{path}: empty file (no header row); rerun the experiment or remove this DIR")
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        missing = [c for c in required if c not in header]
         if missing:
             raise ValueError(
                 f"{path}: missing column(s) {', '.join(missing)} (header has {', '.join(map(str, header))}); "
-                f"expected at least {', '.join(REQUIRED_COLUMNS)}: was it written by the alfamix-jax runner?"
+                f"expected at least {', '.join(required)}: was it written by the alfamix-jax runner?"
             )
+        if len(set(header)) != len(header):
+            raise ValueError(f"{path} line 1: a column is named twice in the header; fix the header")
         rows = []
         for raw in reader:
             line = reader.line_num
             if None in raw:
                 raise ValueError(f"{path} line {line}: more fields than the header; fix or delete that line")
-            row: dict = {}
-            for key, value in raw.items():
-                row[key] = None if value is None or value.strip() == "" else value.strip()
-            for col in REQUIRED_COLUMNS:
+            row = {k: None if v is None or v.strip() == "" else v.strip() for k, v in raw.items()}
+            for col in required:
                 if row[col] is None:
                     raise ValueError(f"{path} line {line}: column {col!r} is empty; fix or delete that line")
-            for col in INT_COLUMNS:
-                try:
-                    row[col] = _parse_int(row[col])
-                except ValueError:
-                    raise ValueError(
-                        f"{path} line {line}: column {col!r} = {row[col]!r} is not an integer; fix or delete that line"
-                    ) from None
-            try:
-                acc = float(row["test_accuracy"])
-            except ValueError:
-                acc = math.nan
-            if not (0.0 <= acc <= 1.0):
-                raise ValueError(
-                    f"{path} line {line}: test_accuracy = {row['test_accuracy']!r}, expected a number in [0, 1]; "
-                    "fix or delete that line"
-                )
-            row["test_accuracy"] = acc
             rows.append((line, row))
+    except csv.Error as e:
+        line = reader.reader.line_num  # DictReader's own line_num is not updated by a failed row
+        raise ValueError(f"{path} line {line}: not readable as CSV ({e}); fix or delete that line") from None
+    return rows
+
+
+def _read_one(path: str) -> list[tuple[int, dict]]:
+    """Rows of one results.csv as (line number, parsed row dict)."""
+    rows = _csv_records(path, REQUIRED_COLUMNS, "a results.csv")
+    for line, row in rows:
+        for col in INT_COLUMNS:
+            try:
+                row[col] = _parse_int(row[col])
+            except ValueError:
+                raise ValueError(
+                    f"{path} line {line}: column {col!r} = {row[col]!r} is not an integer (int64); "
+                    "fix or delete that line"
+                ) from None
+        try:
+            acc = float(row["test_accuracy"])
+        except ValueError:
+            acc = math.nan
+        if not (0.0 <= acc <= 1.0):
+            raise ValueError(
+                f"{path} line {line}: test_accuracy = {row['test_accuracy']!r}, expected a number in [0, 1]; "
+                "fix or delete that line"
+            )
+        row["test_accuracy"] = acc
+        for col in SECONDS_COLUMNS:
+            if row.get(col) is not None and not 0.0 <= _float_or_nan(row[col]) < math.inf:
+                raise ValueError(f"{path} line {line}: {col} = {row[col]!r}, expected seconds (a number >= 0) or "
+                                 "nothing; fix or delete that line")
     if not rows:
         raise ValueError(f"{path}: header but no rows (no round finished yet?); rerun the experiment or drop this DIR")
     return rows
 
 
-def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict]:
-    """Read `DIR/results.csv` from each run directory and concatenate the rows.
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
-    Each row is a dict: strategy (str), seed, round, labelled (int), test_accuracy (float in
-    [0, 1]), and every other column as its raw string (None when empty). A (strategy, seed, round)
-    seen twice, in one file or across DIRs, is an error rather than a silent merge: it means the
-    same run was passed twice or two runs share a seed. Raises ValueError naming the file and fix.
-    """
+
+def _results_paths(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """DIR/results.csv of each DIR, checked to exist; a DIR given twice is an error."""
     paths = []
     seen_dirs: dict[str, str] = {}
     for d in _as_dir_list(dirs):
@@ -119,10 +179,20 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
         if not os.path.isfile(path):
             raise ValueError(f"{path}: not found; {d!r} is not a finished run directory (run the experiment first)")
         paths.append(path)
+    return paths
 
+
+def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict]:
+    """Read `DIR/results.csv` from each run directory and concatenate the rows.
+
+    Each row is a dict: strategy (str), seed, round, labelled (int), test_accuracy (float in
+    [0, 1]), and every other column as its raw string (None when empty). A (strategy, seed, round)
+    seen twice, in one file or across DIRs, is an error rather than a silent merge: it means the
+    same run was passed twice or two runs share a seed. Raises ValueError naming the file and fix.
+    """
     results: list[dict] = []
     where: dict[tuple, str] = {}  # (strategy, seed, round) and (strategy, seed, "labelled", n) -> file line
-    for path in paths:
+    for path in _results_paths(dirs):
         for line, row in _read_one(path):
             key = (row["strategy"], row["seed"], row["round"])
             here = f"{path} line {line}"
@@ -143,6 +213,172 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
             where[same_size] = here
             results.append(row)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json: runs are merged only when their experiments agree
+
+
+def load_config_json(workdir: str | os.PathLike) -> dict | None:
+    """The parsed `DIR/config.json` (a JSON object), or None when the workdir has none.
+    ValueError naming the file (and line) when it is not a JSON object."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    if not os.path.lexists(path):
+        return None
+    text = _read_text(path, "the experiment's config.json")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); the runner writes "
+                         "it: restore it, or remove it (then merge with --allow-mixed)") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer over 4300 digits, or nesting too deep
+        raise ValueError(f"{path}: not valid JSON ({str(e)[:120]}); restore it or remove it") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (the experiment's config), got a {type(data).__name__}")
+    return data
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """Dotted field -> the value as canonical JSON (so nan == nan and 1 != true), dicts unfolded."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def config_differences(configs: Sequence[tuple[str, dict]]) -> list[str]:
+    """For (DIR, config) pairs: one line per dotted field, other than the strategies and seeds, on which
+    the configs disagree, e.g. 'train.learning_rate: 0.001 in A, 0.01 in B'; fields some config lacks
+    ('absent', e.g. one written by an older version) come last."""
+    flat = [(d, _flatten({k: v for k, v in c.items() if k not in RUN_SELECTION_FIELDS})) for d, c in configs]
+    fields = sorted({f for _, fc in flat for f in fc})
+    lines = []
+    for field in fields:
+        by_value: dict[str, list[str]] = {}
+        for d, fc in flat:
+            value = fc.get(field, "absent")
+            by_value.setdefault(value if len(value) <= 60 else value[:57] + "...", []).append(d)
+        if len(by_value) > 1:
+            line = f"{field}: " + ", ".join(f"{v} in {' and '.join(ds)}" for v, ds in by_value.items())
+            lines.append(("absent" in by_value, line))
+    return [line for _, line in sorted(lines, key=lambda item: item[0])]  # set in all first: the real differences
+
+
+def check_configs(dirs: Sequence[str], *, allow_mixed: bool = False) -> list[str]:
+    """Refuse to merge runs whose config.json differ other than in strategies and seeds, or that lack
+    one (their experiments cannot be compared), unless allow_mixed; one DIR alone is always fine.
+    Every config.json must parse. -> notes for the report (what differs, when allowed)."""
+    configs = [(d, load_config_json(d)) for d in dirs]
+    if len(configs) < 2:
+        return []
+    missing = [os.path.join(d, CONFIG_FILE) for d, c in configs if c is None]
+    diffs = config_differences([(d, c) for d, c in configs if c is not None])
+    if not allow_mixed:
+        if missing:
+            raise ValueError(f"{missing[0]}: not found, so this run's config cannot be checked against the other "
+                             "runs'; pass --allow-mixed to merge them anyway")
+        if diffs:
+            shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+            raise ValueError(f"the runs' config.json differ in more than strategies and seeds: {shown}; report them "
+                             "separately, or pass --allow-mixed to merge them anyway")
+    notes = [f"{p}: not found (merged anyway, --allow-mixed)" for p in missing]
+    return notes + [f"{line} (merged anyway, --allow-mixed)" for line in diffs]
+
+
+# ---------------------------------------------------------------------------------------------
+# picks.csv: the rows each round labelled
+
+
+def _strict_int(text: str) -> int:
+    """An int64 written as digits (no "3.0", "1e3" or "1_000": picks.csv holds plain integers)."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,19}", text) or int(text) not in INT64_RANGE:
+        raise ValueError(text)
+    return int(text)
+
+
+def load_picks(workdir: str | os.PathLike) -> dict[tuple[str, int], dict[int, np.ndarray]]:
+    """`DIR/picks.csv` as (strategy, seed) -> round -> the pool rows labelled that round, int64 [k]
+    in rank order (round 0: the initial set), keys sorted; {} when the workdir has none. Checks integer columns,
+    round, rank, index >= 0, no row picked twice in one (strategy, seed) run and ranks 0..k-1 in
+    every round; ValueError naming the file and line."""
+    path = os.path.join(os.fspath(workdir), PICKS_FILE)
+    if not os.path.lexists(path):
+        return {}
+    ranks: dict[tuple[str, int, int], dict[int, tuple[int, int]]] = {}  # -> rank -> (index, line)
+    seen: dict[tuple[str, int], dict[int, int]] = {}  # (strategy, seed) -> index -> line
+    for line, row in _csv_records(path, PICKS_COLUMNS, "a picks.csv"):
+        values = {}
+        for col in PICKS_COLUMNS[1:]:
+            try:
+                values[col] = _strict_int(row[col])
+            except ValueError:
+                raise ValueError(f"{path} line {line}: column {col!r} = {row[col]!r} is not an integer (int64); "
+                                 "fix or delete that line") from None
+            if col != "seed" and values[col] < 0:
+                raise ValueError(f"{path} line {line}: column {col!r} = {values[col]} is negative; fix or delete "
+                                 "that line")
+        run, index = (row["strategy"], values["seed"]), values["index"]
+        if index in seen.setdefault(run, {}):
+            raise ValueError(f"{path} line {line}: index {index} is picked twice by strategy {run[0]!r}, seed "
+                             f"{run[1]} (also line {seen[run][index]}); a row is labelled once per run")
+        seen[run][index] = line
+        by_rank = ranks.setdefault((*run, values["round"]), {})
+        if values["rank"] in by_rank:
+            raise ValueError(f"{path} line {line}: rank {values['rank']} appears twice in strategy {run[0]!r}, seed "
+                             f"{run[1]}, round {values['round']} (also line {by_rank[values['rank']][1]})")
+        by_rank[values["rank"]] = (index, line)
+    picks: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+    for (strategy, seed, rnd), by_rank in sorted(ranks.items()):
+        if max(by_rank) != len(by_rank) - 1:
+            gap = min(set(range(len(by_rank))) - set(by_rank))
+            first = min(line for _, line in by_rank.values())
+            raise ValueError(f"{path} line {first}: strategy {strategy!r}, seed {seed}, round {rnd} has ranks up to "
+                             f"{max(by_rank)} but no rank {gap}; expected ranks 0..{len(by_rank) - 1}")
+        order = [by_rank[r][0] for r in range(len(by_rank))]
+        picks.setdefault((strategy, seed), {})[rnd] = np.asarray(order, np.int64)
+    return picks
+
+
+def _merge_picks(dirs: Sequence[str]) -> dict[tuple[str, int], dict[int, np.ndarray]]:
+    """load_picks over all DIRs; one (strategy, seed) in two DIRs' picks.csv is an error."""
+    merged: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+    source: dict[tuple[str, int], str] = {}
+    for d in dirs:
+        for run, rounds in load_picks(d).items():
+            if run in merged:
+                raise ValueError(f"strategy {run[0]!r}, seed {run[1]} has picks in both "
+                                 f"{os.path.join(source[run], PICKS_FILE)} and {os.path.join(d, PICKS_FILE)}; "
+                                 "pass each run once")
+            merged[run], source[run] = rounds, d
+    return merged
+
+
+def pick_overlap(picks: dict[tuple[str, int], dict[int, np.ndarray]],
+                 names: Sequence[str] | None = None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """How alike two strategies query: per pair, the Jaccard overlap len(A & B) / len(A | B) of all rows
+    queried in rounds >= 1 (the initial set, round 0, is shared), averaged over the seeds both ran.
+    -> (names, overlap [S, S] with nan where no shared seed, seeds [S, S] int); names default to
+    the order of first appearance in `picks`."""
+    if names is None:
+        names = tuple(dict.fromkeys(s for s, _ in picks))
+    queried = {run: {int(i) for r, rows in rounds.items() if r >= 1 for i in rows} for run, rounds in picks.items()}
+    s = len(names)
+    overlap, counts = np.full((s, s), np.nan), np.zeros((s, s), np.int64)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            values = []
+            for (strategy, seed), rows_a in queried.items():
+                rows_b = queried.get((b, seed))
+                if strategy == a and rows_b is not None and rows_a | rows_b:
+                    values.append(len(rows_a & rows_b) / len(rows_a | rows_b))
+            counts[i, j] = len(values)
+            if values:
+                overlap[i, j] = float(np.mean(values))
+    return tuple(names), overlap, counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,71 +599,104 @@ def column_means(matrix: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files
+# Query time
 
 
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    """Call write(tmp) on a temporary file next to `path`, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+@dataclasses.dataclass(frozen=True)
+class QueryTimes:
+    """Seconds one strategy spent choosing rows, over its seeds and rounds (nan: none recorded)."""
+
+    queries: int  # rows with a query_seconds (round 0 has none: the initial set is not queried)
+    seconds_mean: float  # steady-state query time (query_seconds)
+    seconds_total: float
+    compiles: int  # rows with a query_compile_seconds
+    compile_mean: float  # the part spent compiling (query_compile_seconds)
+    compile_total: float
 
 
-def _write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+def query_time_table(results: Sequence[dict]) -> dict[str, QueryTimes]:
+    """Mean and total of query_seconds and of query_compile_seconds per strategy, over the rows
+    that have them (empty cells, as in round 0, are skipped), in strategy order."""
+    out = {}
+    for name in strategy_names(results):
+        mine = [r for r in results if r["strategy"] == name]
+        stats = []
+        for col in SECONDS_COLUMNS:
+            v = np.asarray([float(r[col]) for r in mine if r.get(col) is not None], np.float64)  # [Q]
+            stats += [v.size, float(v.mean()) if v.size else math.nan, float(v.sum()) if v.size else math.nan]
+        out[name] = QueryTimes(*stats)
+    return out
 
-    _write_atomic(path, write)
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 is coprime with tab10's 10 colours
 
 
-def _save_figure(fig, path: str) -> None:
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+def line_style(i: int) -> dict:
+    """Matplotlib style of the i-th strategy's curve: tab10 colours, then the next line style, with
+    the marker cycling apart; (colour, line style) differs for 40 strategies, with the marker for 280."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"].colors
+    return {"color": colours[i % 10], "linestyle": LINE_STYLES[(i // 10) % len(LINE_STYLES)],
+            "marker": MARKERS[i % len(MARKERS)]}
 
 
-def make_plots(results: Sequence[dict], out_dir: str, *, alpha: float = 0.05, ddof: int = 1) -> list[str]:
-    """Write learning_curves.png (mean test accuracy vs labelled count per strategy, band = +-
-    population std over seeds) and pairwise_matrix.png (the comparison matrix as a heat map with
-    the fractions in the cells; x tick labels carry the column means). -> the two paths."""
+def _plot_label(text: str) -> str:
+    """User text as a matplotlib label: one line, at most 40 characters, '$' not read as mathtext,
+    and no leading '_' (which would hide it from the legend)."""
+    text = re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", " ", text)
+    text = text if len(text) <= 40 else text[:39] + "\u2026"
+    text = text.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+def learning_curves_figure(results: Sequence[dict]):
+    """The learning curves as a Figure: mean test accuracy vs labelled count per strategy, band =
+    +- population std over seeds; a distinct colour/line style per strategy, the legend right of the axes."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-    os.makedirs(out_dir, exist_ok=True)
     names = strategy_names(results)
     rows = summary_table(results, ddof=0)
-
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    labels = [_plot_label(n) for n in names]
+    ncols = 1 if len(names) <= 24 else 2
+    legend_width = min(4.5, 0.6 + 0.075 * max(map(len, labels))) * ncols
+    height = max(4.5, 1.5 + 0.2 * math.ceil(len(names) / ncols))
+    fig = Figure(figsize=(6.5 + legend_width, height), layout="constrained")
     ax = fig.add_subplot()
-    for name in names:
+    for i, (name, label) in enumerate(zip(names, labels, strict=True)):
         pts = [(r.labelled, r.cells[name]) for r in rows if name in r.cells]
         x = np.array([p[0] for p in pts], np.float64)  # [R]
         mean = np.array([p[1].mean for p in pts])  # [R]
         std = np.array([p[1].std for p in pts])  # [R]
-        (line,) = ax.plot(x, mean, marker="o", markersize=3, label=name)
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        style = line_style(i)
+        ax.plot(x, mean, markersize=3, linewidth=1.3, label=label, **style)
+        ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.12, linewidth=0)
     ax.set_xlabel("labelled examples")
     ax.set_ylabel("test accuracy")
     ax.set_title("Learning curves (mean, band = +- std over seeds)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    curves_path = os.path.join(out_dir, "learning_curves.png")
-    _save_figure(fig, curves_path)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, ncols=ncols,
+              fontsize="small" if len(names) <= 12 else "x-small")
+    return fig
 
-    _, m = pairwise_matrix(results, alpha=alpha, ddof=ddof)
+
+def pairwise_matrix_figure(results: Sequence[dict], *, alpha: float = 0.05, ddof: int = 1):
+    """The comparison matrix as a Figure: a heat map with the fractions in the cells and the column
+    means under the x labels; the figure grows and the fonts shrink with the number of strategies."""
+    from matplotlib.figure import Figure
+
+    names, m = pairwise_matrix(results, alpha=alpha, ddof=ddof)
     cols = column_means(m)
     s = len(names)
+    font = 10.0 if s <= 5 else max(5.5, 10.0 - 0.3 * (s - 5))
+    cell = 0.9 if s <= 5 else max(0.5, 0.9 - 0.03 * (s - 5))  # inches per cell
+    side = max(3.5, 1.2 + cell * s)
     shown = np.where(np.eye(s, dtype=bool), np.nan, m)  # [S, S]; the diagonal is no comparison
-    side = max(3.5, 1.2 + 0.9 * s)
-    fig = Figure(figsize=(side + 2.0, side + 0.6), layout="constrained")
+    fig = Figure(figsize=(side + 2.5, side + 1.5), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(shown), vmin=0.0, vmax=1.0, cmap="viridis")
     fig.colorbar(image, ax=ax, label="fraction of rounds won", shrink=0.8)
@@ -435,20 +704,69 @@ def make_plots(results: Sequence[dict], out_dir: str, *, alpha: float = 0.05, dd
         for j in range(s):
             v = shown[i, j]
             text, dark = ("-", True) if np.isnan(v) else (f"{v:.2f}", v > 0.6)
-            ax.text(j, i, text, ha="center", va="center", color="black" if dark else "white")
-    ticks = [n if np.isnan(c) else f"{n}\n(mean {c:.2f})" for n, c in zip(names, cols, strict=True)]
-    ax.set_xticks(range(s), ticks, rotation=30, ha="right")
-    ax.set_yticks(range(s), names)
+            ax.text(j, i, text, ha="center", va="center", color="black" if dark else "white", fontsize=font)
+    labels = [_plot_label(n) for n in names]
+    ticks = [n if np.isnan(c) else f"{n}\n(mean {c:.2f})" for n, c in zip(labels, cols, strict=True)]
+    ax.set_xticks(range(s), ticks, rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(s), labels, fontsize=font)
     ax.set_xlabel("loses (column; mean = how often it loses)")
     ax.set_ylabel("wins (row)")
     ax.set_title(f"Row beats column\n(paired t-test, alpha={alpha:g}, ddof={ddof})")
-    matrix_path = os.path.join(out_dir, "pairwise_matrix.png")
-    _save_figure(fig, matrix_path)
-    return [curves_path, matrix_path]
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _make_out_dir(out_dir: str) -> None:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out_dir}: cannot make the report folder there ({e.strerror or e}); pass --out "
+                         "a writable folder") from None
+
+
+def _write_file(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """write_atomic, with an unwritable target (read-only folder, a folder in the way) as ValueError."""
+    try:
+        write_atomic(path, write)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot write it ({e.strerror or e}); pass --out a writable folder") from None
+
+
+def make_plots(results: Sequence[dict], out_dir: str, *, alpha: float = 0.05, ddof: int = 1) -> list[str]:
+    """Write learning_curves.png and pairwise_matrix.png (see the *_figure functions) into out_dir,
+    atomically. -> the two paths. An out_dir that cannot be written is a ValueError naming it."""
+    _make_out_dir(out_dir)
+    paths = []
+    for fig, name in ((learning_curves_figure(results), "learning_curves.png"),
+                      (pairwise_matrix_figure(results, alpha=alpha, ddof=ddof), "pairwise_matrix.png")):
+        paths.append(os.path.join(out_dir, name))
+        _write_file(paths[-1], lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
 # The report
+
+_MD_ALWAYS = frozenset("\\`*|[]<>&~$")
+
+
+def md_escape(text: str) -> str:
+    """User text (a strategy name, a path) as literal Markdown inline text: one line, and every
+    character that could end a table cell, open emphasis, code, a link or HTML backslash-escaped.
+    An underscore inside a word (alfamix_learned) opens nothing in CommonMark and stays as it is."""
+    text = re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", " ", str(text))
+    out = []
+    for k, ch in enumerate(text):
+        inside_word = 0 < k < len(text) - 1 and text[k - 1].isalnum() and text[k + 1].isalnum()
+        out.append("\\" + ch if ch in _MD_ALWAYS or (ch == "_" and not inside_word) else ch)
+    if text[:1] in ("#", "-", "+", "="):  # would start a heading or a list where a line starts with it
+        out[0] = "\\" + out[0]
+    if (number := re.match(r"[0-9]+[.)]", text)):  # would start an ordered list
+        out[number.end() - 1] = "\\" + out[number.end() - 1]
+    return "".join(out)
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str]) -> str:
@@ -466,68 +784,64 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.4f} +- {std:.4f}" if not math.isnan(std) else f"{mean:.4f}"
 
 
-def render_report(
-    dirs: str | os.PathLike | Iterable[str | os.PathLike],
-    out_dir: str | None = None,
-    *,
-    alpha: float = 0.05,
-    ddof: int = 1,
-) -> str:
-    """The text `alfamix-jax report DIR [DIR...]` prints: Markdown tables of accuracy per round,
-    AUBC and the pairwise comparison matrix, and the plot paths. Also writes the plots and the
-    same text as report.md into `out_dir` (default: the first DIR's report/ folder), atomically.
-    `ddof` is the t-test's std (1 = sample, 0 = the original); accuracy std is always ddof=0."""
-    dir_list = _as_dir_list(dirs)
-    if not (0.0 < alpha < 1.0):
-        raise ValueError(f"alpha: expected a significance level in (0, 1), got {alpha!r}")
-    if ddof not in (0, 1):
-        raise ValueError(f"ddof: expected 0 (population std, the original) or 1 (sample std), got {ddof!r}")
-    results = load_results(dir_list)
-    out_dir = os.path.join(dir_list[0], "report") if out_dir is None else os.fspath(out_dir)
-    names = strategy_names(results)
-    seeds = sorted({r["seed"] for r in results})
+def _seconds(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.3f}" if v < 100 else f"{v:.1f}"
 
-    parts = ["# alfamix-jax report", ""]
-    parts.append("Runs: " + ", ".join(os.path.join(d, RESULTS_FILE) for d in dir_list))
-    parts.append(f"Strategies: {', '.join(names)}. Seeds: {', '.join(map(str, seeds))}. Rows: {len(results)}.")
 
+def _accuracy_section(results: Sequence[dict], names: Sequence[str]) -> list[str]:
     rows = summary_table(results, ddof=0)
-    parts += ["", "## Test accuracy", "",
-              "Mean +- std over seeds (population std, ddof=0) of test accuracy in [0, 1]; (n) = seeds.", ""]
     table = []
     for r in rows:
         cells = [f"{_pm(c.mean, c.std)} ({c.n})" if (c := r.cells.get(n)) else "-" for n in names]
         table.append(["/".join(map(str, r.rounds)), str(r.labelled), *cells])
-    parts.append(_markdown_table(["round", "labelled", *names], table, ["r", "r", *"l" * len(names)]))
+    return ["", "## Test accuracy", "",
+            "Mean +- std over seeds (population std, ddof=0) of test accuracy in [0, 1]; (n) = seeds.", "",
+            _markdown_table(["round", "labelled", *map(md_escape, names)], table, ["r", "r", *"l" * len(names)])]
 
+
+def _aubc_section(results: Sequence[dict]) -> list[str]:
     aubc = aubc_table(results, ddof=0)
-    parts += ["", "## Area under the budget curve (AUBC)", "",
-              "Trapezoid area under accuracy vs labelled count divided by the labelled range (a mean accuracy "
-              "over the budget), per seed; mean +- std (ddof=0) over seeds.", ""]
-    table = [[n, _pm(a.mean, a.std), str(len(a.per_seed)), f"{a.labelled_range[0]}-{a.labelled_range[1]}"]
-             for n, a in aubc.items()]
-    parts.append(_markdown_table(["strategy", "AUBC", "seeds", "labelled"], table, ["l", "l", "r", "r"]))
+    ranked = sorted(aubc.items(), key=lambda item: -item[1].mean)  # stable: ties keep the strategy order
+    table = [[md_escape(n), _pm(a.mean, a.std), str(len(a.per_seed)), f"{a.labelled_range[0]}-{a.labelled_range[1]}"]
+             for n, a in ranked]
+    parts = ["", "## Area under the budget curve (AUBC)", "",
+             "Trapezoid area under accuracy vs labelled count divided by the labelled range (a mean accuracy "
+             "over the budget), per seed; mean +- std (ddof=0) over seeds. Best first.", "",
+             _markdown_table(["strategy", "AUBC", "seeds", "labelled"], table, ["l", "l", "r", "r"])]
     uneven = [n for n, a in aubc.items() if not a.same_range]
     spans = {a.labelled_range for a in aubc.values()}
     if uneven or len(spans) > 1:
         parts += ["", "Note: the curves do not all span the same labelled counts"
-                  + (f" (seeds differ within: {', '.join(uneven)})" if uneven else "")
+                  + (f" (seeds differ within: {', '.join(map(md_escape, uneven))})" if uneven else "")
                   + "; AUBC over different budgets is not comparable."]
+    return parts
 
+
+def _query_time_section(results: Sequence[dict]) -> list[str]:
+    table = [[md_escape(n), str(q.queries), _seconds(q.seconds_mean), _seconds(q.seconds_total),
+              _seconds(q.compile_mean), _seconds(q.compile_total)] for n, q in query_time_table(results).items()]
+    return ["", "## Query time", "",
+            "Seconds spent choosing the rows to label, over seeds and rounds (round 0 has no query): steady-state "
+            "time (query_seconds) and the part spent compiling (query_compile_seconds); '-' = none recorded.", "",
+            _markdown_table(["strategy", "queries", "query s mean", "query s total", "compile s mean",
+                             "compile s total"], table, ["l", *"r" * 5])]
+
+
+def _matrix_section(results: Sequence[dict], names: Sequence[str], alpha: float, ddof: int) -> list[str]:
     cmp = compare_pairs(results, alpha=alpha, ddof=ddof)
     _, m = pairwise_matrix(results, alpha=alpha, ddof=ddof)
     cols = column_means(m)
     crit = ", ".join(f"n={n}: {t_critical(n, alpha):.3f}" for n in cmp.sample_sizes) or "none"
-    parts += ["", "## Pairwise comparison matrix", "",
-              f"Entry (row i, column j) = fraction of the compared rounds (labelled counts) in which i beats j: "
-              f"paired t-test over the seeds both ran, d = acc_i - acc_j, t = mean(d) / (std(d, ddof={ddof}) / "
-              f"sqrt(n)), win when t > t.ppf(1 - {alpha:g}/2, n - 1) (critical values {crit}). "
-              "Last row: mean of each column over the other rows (how often the column loses; lower is better). "
-              "Diagonal: no comparison.",
-              ""]
-    table = [[n, *("-" if i == j else _frac(v) for j, v in enumerate(m[i]))] for i, n in enumerate(names)]
+    parts = ["", "## Pairwise comparison matrix", "",
+             f"Entry (row i, column j) = fraction of the compared rounds (labelled counts) in which i beats j: "
+             f"paired t-test over the seeds both ran, d = acc_i - acc_j, t = mean(d) / (std(d, ddof={ddof}) / "
+             f"sqrt(n)), win when t > t.ppf(1 - {alpha:g}/2, n - 1) (critical values {crit}). "
+             "Last row: mean of each column over the other rows (how often the column loses; lower is better). "
+             "Diagonal: no comparison.",
+             ""]
+    table = [[md_escape(n), *("-" if i == j else _frac(v) for j, v in enumerate(m[i]))] for i, n in enumerate(names)]
     table.append(["column mean", *(_frac(c) for c in cols)])
-    parts.append(_markdown_table(["row beats column", *names], table, ["l", *"r" * len(names)]))
+    parts.append(_markdown_table(["row beats column", *map(md_escape, names)], table, ["l", *"r" * len(names)]))
     off = ~np.eye(len(names), dtype=bool)
     n_skipped = int(cmp.skipped[off].sum()) // 2
     if n_skipped:
@@ -535,10 +849,77 @@ def render_report(
                   "2 seeds."]
     if np.any(cmp.compared[off] == 0):
         parts += ["", "'-' off the diagonal: the pair shares no round with at least 2 seeds."]
+    return parts
+
+
+def _finished_picks(picks: dict, results: Sequence[dict]) -> dict:
+    """The picks of the rounds results.csv holds: a running run's picks.csv may be a round ahead."""
+    done: dict[tuple[str, int], set[int]] = {}
+    for r in results:
+        done.setdefault((r["strategy"], r["seed"]), set()).add(r["round"])
+    out = {run: {k: v for k, v in rounds.items() if k in done.get(run, ())} for run, rounds in picks.items()}
+    return {run: rounds for run, rounds in out.items() if rounds}
+
+
+def _overlap_section(picks: dict, names: Sequence[str]) -> list[str]:
+    """The 'overlap of queried rows' table, when at least two strategies have picks."""
+    with_picks = {s for s, _ in picks}
+    order = [n for n in names if n in with_picks] + [s for s in dict.fromkeys(s for s, _ in picks) if s not in names]
+    if len(order) < 2:
+        return []
+    order, overlap, counts = pick_overlap(picks, order)
+    table = [[md_escape(a), *("-" if i == j or counts[i, j] == 0 else f"{overlap[i, j]:.2f} ({counts[i, j]})"
+                              for j in range(len(order)))] for i, a in enumerate(order)]
+    return ["", "## Overlap of queried rows", "",
+            "Jaccard overlap (rows both queried / rows either queried) of the pool rows two strategies queried in "
+            "rounds >= 1 (the shared initial set excluded), mean over the seeds both have picks.csv rows for; "
+            "(n) = seeds; 1 = the same rows, 0 = none in common.", "",
+            _markdown_table(["overlap", *map(md_escape, order)], table, ["l", *"r" * len(order)])]
+
+
+def render_report(
+    dirs: str | os.PathLike | Iterable[str | os.PathLike],
+    out_dir: str | None = None,
+    *,
+    alpha: float = 0.05,
+    ddof: int = 1,
+    allow_mixed: bool = False,
+) -> str:
+    """The text `alfamix-jax report DIR [DIR...]` prints: Markdown tables of accuracy per round,
+    AUBC (best first), query time, the pairwise comparison matrix and, where picks.csv exist, the
+    overlap of queried rows (over the rounds results.csv holds); and the plot paths. Also writes
+    the plots and the same text as report.md into `out_dir` (default: the first DIR's report/
+    folder), atomically.
+    `ddof` is the t-test's std (1 = sample, 0 = the original); accuracy std is always ddof=0.
+    Runs whose config.json differ beyond strategies and seeds are refused unless `allow_mixed`."""
+    dir_list = _as_dir_list(dirs)
+    if not (0.0 < alpha < 1.0):
+        raise ValueError(f"alpha: expected a significance level in (0, 1), got {alpha!r}")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof: expected 0 (population std, the original) or 1 (sample std), got {ddof!r}")
+    _results_paths(dir_list)  # every DIR exists and holds results.csv, before comparing their configs
+    notes = check_configs(dir_list, allow_mixed=allow_mixed)
+    results = load_results(dir_list)
+    picks = _merge_picks(dir_list)
+    out_dir = os.path.join(dir_list[0], "report") if out_dir is None else os.fspath(out_dir)
+    names = strategy_names(results)
+    seeds = sorted({r["seed"] for r in results})
+
+    parts = ["# alfamix-jax report", ""]
+    parts.append("Runs: " + ", ".join(md_escape(os.path.join(d, RESULTS_FILE)) for d in dir_list))
+    parts.append(f"Strategies: {', '.join(map(md_escape, names))}. Seeds: {', '.join(map(str, seeds))}. "
+                 f"Rows: {len(results)}.")
+    if notes:
+        parts += ["", "Configs differ:", "", *(f"- {md_escape(n)}" for n in notes)]
+    parts += _accuracy_section(results, names)
+    parts += _aubc_section(results)
+    parts += _query_time_section(results)
+    parts += _matrix_section(results, names, alpha, ddof)
+    parts += _overlap_section(_finished_picks(picks, results), names)
 
     paths = make_plots(results, out_dir, alpha=alpha, ddof=ddof)
     report_path = os.path.join(out_dir, "report.md")
-    parts += ["", "## Files", "", *(f"- {p}" for p in [*paths, report_path])]
+    parts += ["", "## Files", "", *(f"- {md_escape(p)}" for p in [*paths, report_path])]
     text = "\n".join(parts) + "\n"
-    _write_text(report_path, text)
+    _write_file(report_path, lambda f: f.write(text.encode("utf-8")))
     return text

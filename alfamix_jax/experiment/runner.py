@@ -16,10 +16,7 @@ round r trains with fold_in(loop_key, 2r) and queries with fold_in(loop_key,
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
-import json
 import os
 import sys
 import time
@@ -31,113 +28,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.experiment.checkpoint import RunCheckpointer
-from alfamix_jax.experiment.config import INITIAL_MODES, ExperimentConfig, check_recordable_parts, from_dict
-from alfamix_jax.experiment.training import check_train_config
-from alfamix_jax.selection.settings import SelectorSettings
-from alfamix_jax.strategies import STRATEGIES, BaselineSettings, PoolView, check_query, make_strategy
-
-RESULT_COLUMNS = (
-    "strategy", "seed", "round", "labelled", "test_accuracy", "train_accuracy", "train_epochs",
-    "train_seconds", "train_compile_seconds", "query_seconds", "query_compile_seconds", "candidates", "filled",
+from alfamix_jax.experiment.config import ExperimentConfig
+from alfamix_jax.experiment.config_checks import check_config, check_pool
+from alfamix_jax.experiment.workdir import (
+    RESULT_COLUMNS,
+    LockHeld,
+    check_workdir,
+    read_runs,
+    rebuild_shared_files,
+    run_dir,
+    run_lock,
+    save_config,
+    shared_files_lock,
 )
-# Settings a workdir may change between invocations: which runs to do. Anything
-# else must match the config the workdir was started with.
-RUN_SELECTION_FIELDS = ("strategies", "seeds")
-MODELS = ("mlp", "cnn", "resnet18")
+from alfamix_jax.strategies import PoolView, check_query, make_strategy
 
-
-# --------------------------------------------------------------------------- config checks
-
-
-def check_config(config: ExperimentConfig) -> None:
-    """The whole config, checked before any data is loaded and before anything is written
-    (fail fast, name the setting): the data and model names, the selector and baseline
-    settings, the strategies (registered by then, a config file's own too), the loop and
-    the training settings."""
-    from alfamix_jax.experiment.data import check_dataset_args
-
-    check_dataset_args(config.data.name, data_dir=config.data.data_dir, path=config.data.path,
-                       normalisation=config.data.normalisation)
-    if config.model.name not in MODELS:
-        raise ValueError(f"model.name {config.model.name!r} is unknown; choose from {MODELS}")
-    _check_settings(config)
-    _check_strategies(config)
-    _check_loop(config.loop)
-    try:
-        check_train_config(config.train)
-    except ValueError as e:
-        raise ValueError(f"train.{e}") from None
-    if config.train.data_parallel and config.train.batch_size % jax.device_count():
-        raise ValueError(f"train.batch_size {config.train.batch_size} must be a multiple of the {jax.device_count()} "
-                         "devices with train.data_parallel (each device trains on an equal share of a batch)")
-    if not 0 < config.train.stop_accuracy <= 1:  # the trainer also takes > 1 (never stop); a config may not
-        raise ValueError(f"train.stop_accuracy must be in (0, 1], got {config.train.stop_accuracy}")
-
-
-def _check_settings(config: ExperimentConfig) -> None:
-    """alfamix and baselines: the right types, valid (checked again, in case a value was set
-    around the dataclass), and every selector part importable by the name config.json records."""
-    for section, cls in (("alfamix", SelectorSettings), ("baselines", BaselineSettings)):
-        value = getattr(config, section)
-        if not isinstance(value, cls):
-            raise ValueError(f"{section}: got a {type(value).__name__}; expected a {cls.__name__}")
-        try:
-            dataclasses.replace(value)  # runs the section's own checks (__post_init__)
-        except ValueError as e:
-            raise ValueError(f"{section}.{e}") from None
-    check_recordable_parts(config.alfamix)
-
-
-def _check_strategies(config: ExperimentConfig) -> None:
-    if not config.strategies:
-        raise ValueError("strategies is empty; name at least one of " + ", ".join(sorted(STRATEGIES)))
-    for name in config.strategies:
-        if name not in STRATEGIES:
-            raise ValueError(f"strategies: {name!r} is unknown; choose from {sorted(STRATEGIES)}, or register it in "
-                             "the config file (alfamix_jax.strategies.register_strategy)")
-    if len(set(config.strategies)) != len(config.strategies):
-        raise ValueError(f"strategies has duplicates: {list(config.strategies)}")
-    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
-        raise ValueError(f"seeds must be a non-empty list without duplicates, got {list(config.seeds)}")
-    if "bald" in config.strategies and config.model.dropout <= 0:
-        raise ValueError("strategy 'bald' needs MC dropout: set model.dropout > 0 (e.g. --set model.dropout=0.3); "
-                         "with dropout 0 every pass is the same and BALD's score is 0 everywhere")
-
-
-def _check_loop(loop) -> None:
-    for name in ("initial_size", "budget", "rounds"):
-        if getattr(loop, name) < 1:
-            raise ValueError(f"loop.{name} must be >= 1, got {getattr(loop, name)}")
-    if loop.growth_ratio <= 0:
-        raise ValueError(f"loop.growth_ratio must be > 0, got {loop.growth_ratio}")
-    if loop.initial_mode not in INITIAL_MODES:
-        raise ValueError(f"loop.initial_mode must be one of {INITIAL_MODES}, got {loop.initial_mode!r}")
-    if any(loop.budget_at(r) < 1 for r in range(1, loop.rounds + 1)):
-        raise ValueError(f"loop.growth_ratio {loop.growth_ratio} shrinks the budget below 1 row")
-
-
-def check_pool(config: ExperimentConfig, y_train: np.ndarray, num_classes: int) -> None:
-    """Checks that need the data: the protocol must fit in the pool."""
-    loop, pool_size = config.loop, len(y_train)
-    total = loop.initial_size + sum(loop.budget_at(r) for r in range(1, loop.rounds + 1))
-    if total > pool_size:
-        raise ValueError(
-            f"the protocol labels {total} rows (initial_size {loop.initial_size} + budgets over {loop.rounds} "
-            f"rounds) but the pool of {config.data.name!r} has {pool_size}; lower loop.budget or loop.rounds"
-        )
-    if loop.initial_mode == "per_class":
-        if loop.initial_size % num_classes:
-            raise ValueError(
-                f"loop.initial_size {loop.initial_size} must be a multiple of the {num_classes} classes "
-                "with initial_mode='per_class'"
-            )
-        counts = np.bincount(y_train, minlength=num_classes)
-        if counts.min() < loop.initial_size // num_classes:
-            raise ValueError(
-                f"initial_mode='per_class' needs {loop.initial_size // num_classes} rows of every class; class "
-                f"{int(counts.argmin())} has {int(counts.min())}"
-            )
-
+__all__ = ["RESULT_COLUMNS", "RunInterrupted", "Terminated", "check_config", "run_dir", "run_experiment"]
 
 # --------------------------------------------------------------------------- the loop pieces
 
@@ -289,27 +195,11 @@ def describe_training(config: ExperimentConfig) -> str:
 # --------------------------------------------------------------------------- one run
 
 
-def run_dir(workdir: str, strategy: str, seed: int) -> str:
-    return os.path.join(workdir, "runs", f"{strategy}-seed{seed}")
-
-
-def load_run_records(workdir: str, strategy: str, seed: int) -> list[dict]:
-    """Records of a run's last checkpoint ([] if it has none)."""
-    path = run_dir(workdir, strategy, seed)
-    if not os.path.isdir(path):
-        return []
-    checkpointer = RunCheckpointer(path)
-    try:
-        meta = checkpointer.latest_meta()
-    finally:
-        checkpointer.close()
-    return list(meta["records"]) if meta else []
-
-
 def run_one(bench: Workbench, workdir: str, strategy_name: str, seed: int, *,
             on_round: Callable[[dict], None] = lambda record: None) -> list[dict]:
-    """Run (or resume) one (strategy, seed) run to the last round; returns its records."""
-    checkpointer = RunCheckpointer(run_dir(workdir, strategy_name, seed))
+    """Run (or resume) one (strategy, seed) run to the last round; returns its records.
+    The caller holds the run's lock (workdir.run_lock)."""
+    checkpointer = RunCheckpointer(run_dir(workdir, strategy_name, seed), log=bench.log)
     try:
         return _run_rounds(bench, checkpointer, strategy_name, seed, on_round)
     finally:
@@ -317,59 +207,78 @@ def run_one(bench: Workbench, workdir: str, strategy_name: str, seed: int, *,
 
 
 def _run_rounds(bench, checkpointer, strategy_name, seed, on_round):
-    config, loop, trainer = bench.config, bench.config.loop, bench.trainer
+    config, loop = bench.config, bench.config.loop
     _, initial_key, loop_key = _seed_keys(seed)
     template = {"labelled": np.zeros(len(bench.y_train), bool)}
     if config.train.warm_start:
         template["train_state"] = bench.initial_state(seed)
     restored = checkpointer.latest(template)
     if restored is None:
-        start_round, records, pending = 0, [], {}
+        start_round, records, pending, state = 0, [], {}, None
         labelled = initial_labelled(initial_key, seed, bench.y_train, size=loop.initial_size, mode=loop.initial_mode,
                                     num_classes=bench.num_classes)
-        state = None
+        picks = [np.flatnonzero(labelled).tolist()]
     else:
         if restored.meta["identity"] != _identity(strategy_name, seed):
             raise ValueError(f"checkpoint in {run_dir('.', strategy_name, seed)} belongs to another run")
         start_round, records, pending = restored.round + 1, restored.meta["records"], restored.meta["pending"]
+        picks = restored.meta.get("picks")  # None in checkpoints written before picks were recorded
         labelled = np.asarray(restored.arrays["labelled"]).astype(bool)
         state = restored.arrays.get("train_state")
     for r in range(start_round, loop.rounds + 1):
         if state is None or not config.train.warm_start:
             state = bench.initial_state(seed)
-        train_key, query_key = jax.random.fold_in(loop_key, 2 * r), jax.random.fold_in(loop_key, 2 * r + 1)
-        labelled_now = jnp.asarray(labelled)
-        (state, stats), train_s, train_compile_s = timed(
-            trainer.train, state, bench.x_train, bench.y_train_device, labelled_now, train_key
-        )
-        accuracy = float(trainer.evaluate(state, bench.x_test, bench.y_test))
-        record = dict(
-            strategy=strategy_name, seed=seed, round=r, labelled=int(labelled.sum()), test_accuracy=accuracy,
-            train_accuracy=float(stats.train_accuracy), train_epochs=int(stats.epochs), train_seconds=train_s,
-            train_compile_seconds=train_compile_s, query_seconds=pending.get("query_seconds", ""),
-            query_compile_seconds=pending.get("query_compile_seconds", ""),
-            candidates=pending.get("candidates", ""), filled=pending.get("filled", ""),
-        )
-        records = [*records, record]
-        pending = {}
+        state, record = _train_round(bench, state, labelled, strategy_name, seed, r, pending, loop_key)
+        records, pending = [*records, record], {}
         if r < loop.rounds:
-            budget = loop.budget_at(r + 1)
-            strategy = bench.strategy(strategy_name, budget)
-            query, query_s, query_compile_s = timed(_query, trainer, strategy, state, bench, labelled_now, query_key)
-            chosen = check_query(strategy_name, query, budget=budget, labels=np.where(labelled, bench.y_train, -1),
-                                 round_index=r + 1)
+            chosen, pending = _query_round(bench, state, labelled, strategy_name, r + 1, loop_key)
             labelled = labelled.copy()
             labelled[chosen] = True
-            pending = dict(query_seconds=query_s, query_compile_seconds=query_compile_s)
-            for column, name in (("candidates", "num_candidates"), ("filled", "num_filled")):
-                if name in query.diagnostics:
-                    pending[column] = int(query.diagnostics[name])
+            picks = None if picks is None else [*picks, chosen.tolist()]
         arrays = {"labelled": labelled}
         if config.train.warm_start:
             arrays["train_state"] = state
-        checkpointer.save(r, arrays, dict(identity=_identity(strategy_name, seed), records=records, pending=pending))
+        meta = dict(identity=_identity(strategy_name, seed), records=records, pending=pending)
+        if picks is not None:
+            meta["picks"] = picks
+        checkpointer.save(r, arrays, meta)  # the round, its picks and the next round's: one atomic step
         on_round(record)
     return records
+
+
+def _train_round(bench, state, labelled, strategy_name, seed, r, pending, loop_key):
+    """Train on the labelled rows [N] and evaluate: (trained state, the round's record)."""
+    trainer = bench.trainer
+    (state, stats), train_s, train_compile_s = timed(
+        trainer.train, state, bench.x_train, bench.y_train_device, jnp.asarray(labelled),
+        jax.random.fold_in(loop_key, 2 * r),
+    )
+    accuracy = float(trainer.evaluate(state, bench.x_test, bench.y_test))
+    record = dict(
+        strategy=strategy_name, seed=seed, round=r, labelled=int(labelled.sum()), test_accuracy=accuracy,
+        train_accuracy=float(stats.train_accuracy), train_epochs=int(stats.epochs), train_seconds=train_s,
+        train_compile_seconds=train_compile_s, query_seconds=pending.get("query_seconds", ""),
+        query_compile_seconds=pending.get("query_compile_seconds", ""),
+        candidates=pending.get("candidates", ""), filled=pending.get("filled", ""),
+    )
+    return state, record
+
+
+def _query_round(bench, state, labelled, strategy_name, next_round, loop_key):
+    """Query round `next_round`'s batch with the trained model: (chosen pool rows [B] in the
+    strategy's order, the next record's query columns)."""
+    budget = bench.config.loop.budget_at(next_round)
+    strategy = bench.strategy(strategy_name, budget)
+    query_key = jax.random.fold_in(loop_key, 2 * (next_round - 1) + 1)
+    query, query_s, query_compile_s = timed(_query, bench.trainer, strategy, state, bench, jnp.asarray(labelled),
+                                            query_key)
+    chosen = check_query(strategy_name, query, budget=budget, labels=np.where(labelled, bench.y_train, -1),
+                         round_index=next_round)
+    pending = dict(query_seconds=query_s, query_compile_seconds=query_compile_s)
+    for column, name in (("candidates", "num_candidates"), ("filled", "num_filled")):
+        if name in query.diagnostics:
+            pending[column] = int(query.diagnostics[name])
+    return np.asarray(chosen), pending
 
 
 def _query(trainer, strategy, state, bench, labelled, key):
@@ -389,115 +298,136 @@ def _identity(strategy: str, seed: int) -> dict:
 # --------------------------------------------------------------------------- the experiment
 
 
-def write_results_csv(path: str, records: Sequence[dict]) -> None:
-    """Write all records atomically (tmp file + os.replace): a reader never sees half a file."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for record in records:
-        writer.writerow({k: _format(record[k]) for k in RESULT_COLUMNS})
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler: stopped like Ctrl-C, reported with exit code 143."""
 
 
-def _format(value):
-    if isinstance(value, float):
-        return repr(value)  # shortest repr that round-trips: the CSV holds the exact float
-    return value
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM during `run_experiment`; the message says where and how to resume.
+    Everything finished is on disk (the round in flight is redone on resume)."""
 
-
-def check_workdir(config: ExperimentConfig, workdir: str) -> None:
-    """A workdir that holds runs must have been started with the same config
-    (up to which strategies and seeds are run)."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "runs")):
-        with open(path) as f:
-            try:
-                saved = from_dict(json.load(f))
-            except ValueError as e:
-                raise ValueError(f"--workdir {workdir}: its config.json does not load ({e}); use a new --workdir, or "
-                                 "make what it names importable again") from None
-        mine = {k: v for k, v in config.to_dict().items() if k not in RUN_SELECTION_FIELDS}
-        theirs = {k: v for k, v in saved.to_dict().items() if k not in RUN_SELECTION_FIELDS}
-        if mine != theirs:
-            diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-            raise ValueError(
-                f"--workdir {workdir} holds an experiment with a different config (sections differ: {diff}); "
-                "use a new --workdir, or the same config and overrides as before"
-            )
-
-
-def save_config(config: ExperimentConfig, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config.to_json())
-    os.replace(tmp, path)
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def run_experiment(config: ExperimentConfig, workdir: str, *, strategies: Sequence[str] | None = None,
-                   seeds: Sequence[int] | None = None, progress: bool = True,
+                   seeds: Sequence[int] | None = None, progress: bool = True, wait: bool = True,
                    log: Callable[[str], None] = print, on_round: Callable[[dict], None] = lambda r: None) -> list[dict]:
-    """Run every (strategy, seed) of the config (or the named subset), resuming
-    what the workdir already holds; write DIR/results.csv after every round.
-    Every check (the config, the workdir's saved config, the pool's size) comes
-    before the first write, so a refused run leaves a new workdir uncreated."""
+    """Run every (strategy, seed) of the config (or the named subset), resuming what the
+    workdir already holds; results.csv and picks.csv are rebuilt after every round. Every
+    check comes before the first write, so a refused run leaves a new workdir uncreated.
+    Other processes may run other (or the same) runs in the same workdir at the same time:
+    a run another process holds is left to it, then waited for (wait=False: LockHeld)."""
     check_config(config)
-    strategies = list(strategies or config.strategies)
-    seeds = list(config.seeds if seeds is None else seeds)
-    for name in strategies:
-        if name not in config.strategies:
-            raise ValueError(f"--strategy {name!r} is not in the config's strategies {list(config.strategies)}")
-    for seed in seeds:
-        if seed not in config.seeds:
-            raise ValueError(f"--seed {seed} is not in the config's seeds {list(config.seeds)}")
+    todo = _selected_runs(config, strategies, seeds)
     check_workdir(config, workdir)
     log(describe_training(config))
     runs = [(s, seed) for s in config.strategies for seed in config.seeds]
-    records = {run: load_run_records(workdir, *run) for run in runs}
-    results_path = os.path.join(workdir, "results.csv")
-
-    def flush():
-        write_results_csv(results_path, [r for run in runs for r in records[run]])
-
-    todo = [run for run in runs if run[0] in strategies and run[1] in seeds]
+    done = read_runs(workdir, log) if os.path.isdir(workdir) else {}
+    records = {run: list(done[run]["records"]) if run in done else [] for run in runs}
     rounds = config.loop.rounds + 1
-    remaining = sum(rounds - len(records[run]) for run in todo)
-    if remaining == 0:
+    if all(len(records[run]) == rounds for run in todo):
         if os.path.isdir(workdir):
-            flush()
+            with shared_files_lock(workdir, log):
+                rebuild_shared_files(workdir, config, log)
         log(f"nothing to do: {workdir} already holds every round of the selected runs")
         return [r for run in runs for r in records[run]]
     bench = make_workbench(config, log)  # loads the data and checks that the protocol fits the pool
-    save_config(config, workdir)  # the first write (makes the workdir)
-    flush()
-    bar = _progress_bar(total=len(todo) * rounds, initial=len(todo) * rounds - remaining, enabled=progress)
+    os.makedirs(workdir, exist_ok=True)  # the first write
+    with shared_files_lock(workdir, log):
+        check_workdir(config, workdir)  # again: another process may have started this workdir since
+        save_config(config, workdir)
+        records.update(rebuild_shared_files(workdir, config, log))
+    reporter = RoundReporter(total=len(todo) * rounds, done=sum(len(records[run]) for run in todo), enabled=progress)
+    where = {"run": None}
     try:
-        for run in todo:
-            if len(records[run]) == rounds:
-                continue
-            bar.set_description(f"{run[0]} seed {run[1]}")
-
-            def record_round(record, run=run):
-                records[run] = [*records[run], record]
-                flush()
-                bar.update(1)
-                bar.set_postfix(round=record["round"], acc=f"{record['test_accuracy']:.3f}")
-                on_round(record)
-
-            run_one(bench, workdir, run[0], run[1], on_round=record_round)
-    finally:
-        bar.close()
+        with reporter:
+            _run_all(bench, workdir, todo, records, reporter, where, wait=wait, on_round=on_round)
+    except KeyboardInterrupt as e:
+        raise _interrupted(e, where["run"], records) from None
     return [r for run in runs for r in records[run]]
 
 
-def _progress_bar(*, total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
+def _selected_runs(config, strategies, seeds) -> list[tuple[str, int]]:
+    for name in strategies or ():
+        if name not in config.strategies:
+            raise ValueError(f"--strategy {name!r} is not in the config's strategies {list(config.strategies)}")
+    for seed in seeds or ():
+        if seed not in config.seeds:
+            raise ValueError(f"--seed {seed} is not in the config's seeds {list(config.seeds)}")
+    strategies = list(strategies or config.strategies)
+    seeds = list(config.seeds if seeds is None else seeds)
+    return [(s, seed) for s in config.strategies for seed in config.seeds if s in strategies and seed in seeds]
 
-    return tqdm(total=total, initial=initial, unit="round", file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, leave=False)
+
+def _run_all(bench, workdir, todo, records, reporter, where, *, wait, on_round) -> None:
+    """Each unfinished run under its lock: first those no other process holds, then the rest
+    (waiting for them: usually the other process has finished them by then)."""
+    rounds = bench.config.loop.rounds + 1
+    config, log = bench.config, bench.log
+    deferred = []
+    for pass_index, queue in enumerate((todo, deferred)):
+        for run in queue:
+            if len(records[run]) == rounds:
+                continue
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(run_lock(workdir, *run, wait=pass_index == 1 and wait, log=log))
+                except LockHeld:
+                    if pass_index == 0:
+                        deferred.append(run)
+                        continue
+                    raise
+                where["run"] = run
+
+                def record_round(record, run=run):
+                    with shared_files_lock(workdir, log):
+                        records.update(rebuild_shared_files(workdir, config, log))
+                    reporter.round_done(record)
+                    on_round(record)
+
+                run_one(bench, workdir, *run, on_round=record_round)
+                where["run"] = None
+
+
+def _interrupted(error: KeyboardInterrupt, run, records) -> RunInterrupted:
+    code, signal_name = (143, "SIGTERM") if isinstance(error, Terminated) else (130, "Ctrl-C")
+    if run is None:
+        return RunInterrupted(f"interrupted ({signal_name}) between runs; rerun the same command to resume", code)
+    strategy, seed = run
+    return RunInterrupted(f"interrupted ({signal_name}) in round {len(records[run])} of {strategy} seed {seed}; "
+                          "rerun the same command to resume", code)
+
+
+class RoundReporter:
+    """Progress: a tqdm bar on a terminal; one plain line per round on stderr otherwise (a bar's
+    carriage-return updates make log files unreadable); nothing when disabled."""
+
+    def __init__(self, *, total: int, done: int, enabled: bool, stream=None):
+        self._stream = stream or sys.stderr
+        self._total, self._done, self._enabled = total, done, enabled
+        self._bar = None
+        if enabled and self._stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=done, unit="round", file=self._stream, dynamic_ncols=True,
+                             leave=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+
+    def round_done(self, record: dict) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.set_description(f"{record['strategy']} seed {record['seed']}")
+            self._bar.update(1)
+            self._bar.set_postfix(round=record["round"], acc=f"{record['test_accuracy']:.3f}")
+        elif self._enabled:
+            print(f"[{self._done}/{self._total}] {record['strategy']} seed {record['seed']} round {record['round']}: "
+                  f"test accuracy {record['test_accuracy']:.4f} with {record['labelled']} labelled",
+                  file=self._stream, flush=True)

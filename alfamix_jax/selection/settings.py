@@ -58,7 +58,7 @@ SEED_MAX = 2**32 - 1  # jax.random.key keeps 32 bits without x64: key(2**32) is 
 def check_seed(name: str, value: object) -> int:
     """A PRNG seed: an integer in [0, 2**32 - 1] (wider ones would silently collide with
     narrower ones); else a SettingError naming `name`. -> the seed as an int."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= SEED_MAX:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= SEED_MAX:
         raise SettingError(name, f"got {value!r}; expected an integer in [0, {SEED_MAX}] (2**32 - 1): "
                                  "a wider seed would give the same keys as a narrower one")
     return int(value)

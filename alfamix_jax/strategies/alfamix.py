@@ -63,7 +63,9 @@ def make_alfamix_preset(name: str, **fixed) -> Callable[..., Strategy]:
         return Strategy(f"alfamix[{part_name(settings.alpha)}]", query, notes=() if note is None else (note,))
 
     factory.__name__ = factory.__qualname__ = f"make_{name}"
-    factory.__doc__ = f"The {name!r} preset: SelectorSettings with {fixed}."
+    fields = ", ".join(f"{k}={v}" for k, v in fixed.items())
+    factory.__doc__ = (f"ALFA-Mix with {fields}, the rest from the config's alfamix settings" if fixed
+                       else "ALFA-Mix with the config's alfamix settings as they are")
     return factory
 
 

@@ -1,4 +1,5 @@
-"""Every strategy of the paper (and ALFA-Mix's ablations) on the embedded digits, 5 seeds.
+"""17 strategies on the embedded digits, 5 seeds: ALFA-Mix, its ablations and every registered
+baseline except gcnal_uncertain (UncertainGCN; gcnal, CoreGCN, stands for GCNAL here).
 
     alfamix-jax run --config compare_digits --workdir runs/compare_digits
     alfamix-jax report runs/compare_digits
