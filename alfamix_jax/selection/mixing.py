@@ -6,15 +6,20 @@ is how far towards the anchor the mix moved (the bounded "alpha norm" we
 report in diagnostics; the original logs raw element-wise alpha norms, which
 are unbounded in the closed form). The candidate search vmaps these over
 anchors inside a block.
+
+On the linear head, random and learned alpha have `*_linear_flips` twins (chosen by
+`stages.make_plan`): the same draws, mixes and Adam steps, the gradient in closed form
+and the rows taken in small chunks, every step of a chunk before the next chunk.
 """
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from alfamix_jax.selection.heads import HeadApply
+from alfamix_jax.selection.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.selection.settings import LearnedAlphaSettings
 
 
@@ -75,11 +80,55 @@ def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
 
 
+def _threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array,
+                  x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 with its 20 rounds unrolled, as JAX lowers it off the CPU. JAX's CPU
+    lowering rolls the rounds into a loop over whole arrays, about 4x slower here; the
+    bits are the same (uint32 arithmetic is exact), so the draws do not change."""
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for r in range(5):
+        for d in ((13, 15, 26, 6), (17, 29, 16, 24))[r % 2]:
+            x1 = x1 + x2
+            x2 = x1 ^ (jax.lax.shift_left(x2, np.uint32(d)) | jax.lax.shift_right_logical(x2, np.uint32(32 - d)))
+        x1, x2 = x1 + ks[(r + 1) % 3], x2 + ks[(r + 2) % 3] + np.uint32(r + 1)
+    return x1, x2
+
+
+def _threefry_data(keys: jax.Array) -> jax.Array | None:
+    """[b] keys -> their [b, 2] uint32 threefry data, or None when the keys are another
+    PRNG, or JAX draws bits another way or float64 normals, so the caller falls back to jax.random."""
+    flags: Any = jax.config  # Any: the stubs do not list the flags
+    if not flags.jax_threefry_partitionable or flags.jax_enable_x64:
+        return None
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(keys) if str(jax.random.key_impl(keys)) == "threefry2x32" else None
+    ok = flags.jax_default_prng_impl == "threefry2x32" and keys.dtype == jnp.uint32 and keys.shape[-1:] == (2,)
+    return keys if ok else None
+
+
+def normal_rows(keys: jax.Array, dim: int) -> jax.Array:
+    """[b] keys -> [b, dim] float32, bit for bit `vmap(lambda k: jax.random.normal(k, (dim,)))`
+    (threefry, partitionable bits: one hash of the counter (0, i) per element, uniform on
+    [nextafter(-1, 0), 1), then sqrt(2) erfinv), with the rounds unrolled."""
+    data = _threefry_data(keys)
+    if data is None:
+        return jax.vmap(lambda k: jax.random.normal(k, (dim,)))(keys)
+    counts = jnp.arange(dim, dtype=jnp.uint32)[None, :]  # [1, dim]
+    b1, b2 = _threefry2x32(data[:, :1], data[:, 1:], jnp.zeros_like(counts), counts)
+    float_bits = jax.lax.shift_right_logical(b1 ^ b2, np.uint32(32 - 23)) | np.array(1.0, np.float32).view(np.uint32)
+    floats = jax.lax.bitcast_convert_type(float_bits, jnp.float32) - np.float32(1.0)
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
+    width = jnp.asarray(1.0, jnp.float32) - jnp.asarray(lo, jnp.float32)
+    u = jnp.maximum(lo, floats * width + lo)
+    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
+
+
 def random_alpha(keys: jax.Array, u: jax.Array, direction: jax.Array, anchor: jax.Array, cap: jax.Array) -> jax.Array:
     """The built-in "random" alpha rule: alpha ~ N(cap/2, cap/2) per element, clamped
     to [1e-8, cap] (the original's `generate_alpha`). -> [b, D]."""
     del direction, anchor
-    noise = jax.vmap(lambda k: jax.random.normal(k, (u.shape[-1],)))(keys)
+    noise = normal_rows(keys, u.shape[-1])
     return jnp.clip(cap / 2.0 + (cap / 2.0) * noise, 1e-8, cap)
 
 
@@ -136,3 +185,88 @@ def learned_flips(head_apply: HeadApply, head_params: Any, block: Block, anchor:
     init = (alpha0, opt_state, jnp.zeros(u.shape[0], bool), jnp.full(u.shape[0], jnp.inf, u.dtype))
     (_, _, flipped, rho), _ = jax.lax.scan(step, init, jnp.arange(config.iters))
     return flipped, rho
+
+
+# Rows per chunk of the linear fast path: alpha, its Adam moments and the mix for K anchors x
+# LINEAR_CHUNK rows x D stay in cache across the steps.
+LINEAR_CHUNK = 16
+
+# fn(u [c, D], pseudo [c], rows [c]) -> (flipped [c], rho [c]) for one chunk of rows
+ChunkFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def _by_chunks(fn: ChunkFn, block: Block, chunk: int | None) -> tuple[jax.Array, jax.Array]:
+    """`fn` over the block's rows in chunks of `chunk` rows (the last chunk shifted back to
+    end at the block's end; rows it repeats get the same values). Vmapped over anchors, each
+    chunk handles every anchor at once, so its working set is [K, chunk, D]."""
+    b = block.u.shape[0]
+    size = min(chunk or LINEAR_CHUNK, b)
+
+    def body(j: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        start = jnp.minimum(j * size, b - size)
+        f, r = fn(*(jax.lax.dynamic_slice_in_dim(x, start, size) for x in (block.u, block.pseudo, block.rows)))
+        return (jax.lax.dynamic_update_slice_in_dim(carry[0], f, start, axis=0),
+                jax.lax.dynamic_update_slice_in_dim(carry[1], r, start, axis=0))
+
+    init = (jnp.zeros(b, bool), jnp.full(b, jnp.inf, block.u.dtype))
+    return jax.lax.fori_loop(0, -(-b // size), body, init)
+
+
+def random_linear_flips(head: LinearHead, block: Block, anchor: jax.Array, cap: jax.Array,
+                        key: jax.Array, *, chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """`rule_flips(random_alpha, ...)` for a linear head, by chunks of rows: the same draws and mix."""
+    def one(u: jax.Array, pseudo: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+        alpha = random_alpha(row_keys(key, rows), u, u, anchor, cap)  # [c, D]
+        mix = (1.0 - alpha) * u + alpha * anchor
+        return _flipped(linear_head_apply, head, mix, pseudo), _rho(mix, u, anchor)
+
+    return _by_chunks(one, block, chunk)
+
+
+def learned_gradient(head: LinearHead, logits: jax.Array, pseudo: jax.Array, u: jax.Array, anchor: jax.Array,
+                     alpha: jax.Array, config: LearnedAlphaSettings) -> jax.Array:
+    """d/d alpha of `-clf_coef * CE(mix W^T + b, p) + l2_coef * ||alpha||` per row, in closed
+    form: dCE/dlogits = softmax - onehot, so d/dmix = -clf_coef (softmax - onehot) W, and
+    mix = (1 - alpha) u + alpha a gives d/dalpha = d/dmix * (a - u); the L2 term adds
+    l2_coef alpha / ||alpha||. logits [c, C], pseudo [c], u [c, D], anchor [D], alpha [c, D] -> [c, D]."""
+    delta = jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(pseudo, logits.shape[-1], dtype=logits.dtype)
+    d_mix = jnp.dot(-config.clf_coef * delta, head.weight, precision="highest")  # [c, D]
+    norm = jnp.sqrt(jnp.sum(alpha * alpha, axis=-1, keepdims=True))  # > 0: alpha >= 1e-8
+    return d_mix * anchor - d_mix * u + config.l2_coef * (alpha / norm)
+
+
+def learned_linear_flips(head: LinearHead, block: Block, anchor: jax.Array, cap: jax.Array, key: jax.Array,
+                         config: LearnedAlphaSettings, *, reset_state: bool,
+                         chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """`learned_flips` for a linear head: the same start, Adam steps, clamps and checks, with
+    the gradient in closed form (`learned_gradient`) and every step of a chunk of rows run
+    before the next chunk, so alpha and its Adam state stay in cache. The last step's update
+    is never checked (in `learned_flips` either), so it is not made."""
+    def one(u: jax.Array, pseudo: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def check(alpha: jax.Array, flipped: jax.Array, rho: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+            """-> logits [c, C], flipped [c], rho [c] after checking alpha [c, D]."""
+            mix = (1.0 - alpha) * u + alpha * anchor
+            logits = linear_head_apply(head, mix)
+            now = jnp.argmax(logits, axis=-1) != pseudo
+            return logits, flipped | now, jnp.where(now, jnp.minimum(rho, _rho(mix, u, anchor)), rho)
+
+        def step(i: jax.Array, carry: _LearnCarry) -> _LearnCarry:
+            alpha, opt_state, flipped, rho = carry
+            logits, flipped, rho = check(alpha, flipped, rho)
+            grad = learned_gradient(head, logits, pseudo, u, anchor, alpha, config)
+            lr = jnp.where(i < config.iters * 2 / 3, config.learning_rate, config.learning_rate / 10)
+            tx = optax.adam(lr)
+            if reset_state:
+                opt_state = tx.init(alpha)
+            updates, opt_state = tx.update(grad, opt_state, alpha)
+            alpha = jnp.clip(optax.apply_updates(alpha, updates), 1e-8, cap)
+            return alpha, opt_state, flipped, rho
+
+        alpha0 = random_alpha(row_keys(key, rows), u, u, anchor, cap)  # [c, D]
+        init = (alpha0, optax.adam(config.learning_rate).init(alpha0), jnp.zeros(u.shape[0], bool),
+                jnp.full(u.shape[0], jnp.inf, u.dtype))
+        alpha, _, flipped, rho = jax.lax.fori_loop(0, config.iters - 1, step, init)
+        _, flipped, rho = check(alpha, flipped, rho)
+        return flipped, rho
+
+    return _by_chunks(one, block, chunk)

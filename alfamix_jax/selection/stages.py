@@ -86,6 +86,7 @@ class Plan:
     block_size: int
     kmeans_kwargs: dict[str, Any]
     fast_path: bool  # the linear closed-form shortcut
+    linear_alpha: bool = False  # random / learned alpha on the linear head: mixing's chunked linear paths
 
     def eps(self, dim: int) -> jax.Array:
         """[S] per-cap value the search uses: the closed form scales the cap by 1/sqrt(D)."""
@@ -101,6 +102,11 @@ class Plan:
                   key: jax.Array) -> tuple[jax.Array, jax.Array]:
             if alpha == "closed-form":
                 return mixing.closed_form_flips(head_apply, head_params, block, anchor, eps, literal=self.reference)
+            if self.linear_alpha and alpha == "learned":
+                return mixing.learned_linear_flips(head_params, block, anchor, cap, key, self.learned,
+                                                   reset_state=self.reference)
+            if self.linear_alpha and alpha == "random":
+                return mixing.random_linear_flips(head_params, block, anchor, cap, key)
             if alpha == "learned":
                 return mixing.learned_flips(head_apply, head_params, block, anchor, cap, key, self.learned,
                                             reset_state=self.reference)
@@ -123,6 +129,9 @@ def make_plan(settings: SelectorSettings, *, budget: int, num_classes: int, head
         kmeans_kwargs=dict(max_iters=settings.kmeans_max_iters, tol=settings.kmeans_tol,
                            block_size=settings.kmeans_block_size or settings.block_size),
         fast_path=settings.linear_fast_path and head_apply is None and alpha == "closed-form" and not reference,
+        # Unlike the closed-form shortcut, these keep the reference arithmetic (and Adam reset, Q5).
+        linear_alpha=settings.linear_fast_path and head_apply is None and isinstance(alpha, str)
+        and alpha in ("random", "learned"),
     )
 
 

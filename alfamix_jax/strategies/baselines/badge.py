@@ -9,9 +9,12 @@ is appended: g_i = [a_i (x) z_i, a_i], which is a_i (x) [z_i, 1].
 k-means++ seeding over the unlabelled rows: the first centre is the row whose
 gradient embedding has the largest norm; each of the next B - 1 centres is
 drawn with probability proportional to its squared distance to the nearest
-centre so far (D^2 sampling, `jax.random.categorical` with the key folded in
-with the step). The B steps are one `lax.fori_loop`; each updates
-`min_dist [N]` with the distances to the new centre in O(N * (C + D)).
+centre so far (D^2 sampling: jax.random.categorical's Gumbel-max draw with
+the key folded in with the step, written out so that CoreSet's lazy greedy
+`lazy_k_center` can run it). The B steps are one `lax.fori_loop`; a row's
+D^2 is brought up to date (O(C + D) per new centre) only when its stale
+score reaches the top, so a step costs an O(N) noise draw and a few argmaxes
+rather than two passes over z [N, D] (linear in N, not N * B memory traffic).
 
 Never [N, C*D] nor N x N: the distance factorises. With u = a_i - a_c,
 v = z_i - z_c,
@@ -25,7 +28,7 @@ z * v as a second fused reduction ran 5x slower on XLA:CPU), and its rounding
 error is multiplied by u . a_c, so it vanishes with |u| and stays far below
 the other terms unless |u| < eps |a_c|. The result is clipped at 0. With the
 bias, |z_i|^2 becomes |z_i|^2 + 1 and z_i . z_c becomes z_i . z_c + 1 (the
-appended 1s cancel in v). Per step: two passes over z [N, D], one over a [N, C].
+appended 1s cancel in v).
 
 Differences from the original repository (query_strategies/badge_sampling.py,
 `init_centers`, with models/training.py `get_grad_embedding`):
@@ -57,6 +60,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.strategies.baselines.coreset import lazy_k_center
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 
@@ -77,34 +81,65 @@ def gradient_factors(logits, embeddings, *, include_bias: bool = False):
 def sq_dists_to_row(a, z, sq_z, c, *, include_bias: bool = False):
     """Squared distance between every row's gradient embedding and row c's.
     a [N, C], z [N, D], sq_z [N] (as from gradient_factors, same include_bias), c [] -> [N]."""
-    u = a - a[c]  # [N, C]
-    sq_v = jnp.sum(jnp.square(z - z[c]), axis=-1)  # [N], by differences (fused, no [N, D] temporary)
+    return _sq_dists_to_centre(a, z, sq_z, a[c], z[c], include_bias=include_bias)
+
+
+def _sq_dists_to_centre(a, z, sq_z, a_c, z_c, *, include_bias: bool):
+    """Squared distances of every row to one centre. a [N, C], z [N, D], sq_z [N], a_c [C], z_c [D] -> [N]."""
+    u = a - a_c  # [N, C]
+    sq_v = jnp.sum(jnp.square(z - z_c), axis=-1)  # [N], by differences (fused, no [N, D] temporary)
     # z_i . v_i = |z_i|^2 - z_i . z_c (a matrix-vector product; the appended 1s of the bias cancel).
-    z_dot_v = sq_z - (z @ z[c] + (1.0 if include_bias else 0.0))  # [N]
-    d = jnp.sum(u * u, axis=-1) * sq_z + jnp.sum(a[c] * a[c]) * sq_v + 2.0 * (u @ a[c]) * z_dot_v
+    z_dot_v = sq_z - (z @ z_c + (1.0 if include_bias else 0.0))  # [N]
+    d = jnp.sum(u * u, axis=-1) * sq_z + jnp.sum(a_c * a_c) * sq_v + 2.0 * (u @ a_c) * z_dot_v
+    return jnp.maximum(d, 0.0)
+
+
+def _dists_to_centres(row, cents, *, include_bias: bool):
+    """Squared distances of one row's gradient embedding to W centres' (the formula of
+    sq_dists_to_row with the roles kept: row i, centres c).
+    row: (a [C], z [D], |z|^2 []), cents: (a [W, C], z [W, D], |z|^2 [W]) -> [W]."""
+    a_i, z_i, sq_z_i = row
+    a_c, z_c, _ = cents
+    u = a_i - a_c  # [W, C]
+    sq_v = jnp.sum(jnp.square(z_i - z_c), axis=-1)  # [W]
+    z_dot_v = sq_z_i - (z_c @ z_i + (1.0 if include_bias else 0.0))  # [W]
+    d = (jnp.sum(u * u, axis=-1) * sq_z_i + jnp.sum(a_c * a_c, axis=-1) * sq_v
+         + 2.0 * jnp.sum(u * a_c, axis=-1) * z_dot_v)
     return jnp.maximum(d, 0.0)
 
 
 def badge_select(key, logits, embeddings, labels, budget: int, *, include_bias: bool = False):
     """k-means++ seeding on the unlabelled rows' gradient embeddings.
-    logits [N, C], embeddings [N, D], labels [N] (-1 unlabelled) -> [B] int32 in pick order."""
+    logits [N, C], embeddings [N, D], labels [N] (-1 unlabelled) -> [B] int32 in pick order.
+
+    Step t draws argmax(log D^2 + Gumbel(fold_in(key, t))), which is exactly
+    jax.random.categorical(fold_in(key, t), log D^2) (the same noise, so the same
+    picks as updating D^2 for every row per step), run through CoreSet's lazy greedy:
+    log D^2 only falls as centres are added, so a stale value bounds the score from
+    above and only the rows that reach the top are brought up to date. A step then
+    costs an O(N) noise draw and a few argmaxes instead of two passes over z [N, D]."""
     a, z, sq_a, sq_z = gradient_factors(logits, embeddings, include_bias=include_bias)
     open_ = labels < 0  # [N] still pickable
     first = jnp.argmax(jnp.where(open_, sq_a * sq_z, -jnp.inf)).astype(jnp.int32)
     open_ = open_.at[first].set(False)
-    min_dist = sq_dists_to_row(a, z, sq_z, first, include_bias=include_bias)  # [N]
-    picks = jnp.zeros((budget,), jnp.int32).at[0].set(first)
+    d0 = sq_dists_to_row(a, z, sq_z, first, include_bias=include_bias)  # [N]
+    log_d = jnp.log(jnp.where(open_, d0, 0.0))  # [N], -inf where closed or at distance 0
+    # Step 0 of the lazy greedy must take `first` (the norm argmax, no draw): +inf tops any noise.
+    log_d = log_d.at[first].set(jnp.inf)
 
-    def step(t, carry):
-        min_dist, open_, picks = carry
-        w = jnp.where(open_, min_dist, 0.0)
-        # D^2 sampling; uniform over the open rows when all their distances are 0.
-        w = jnp.where(jnp.sum(w) > 0, w, open_.astype(w.dtype))
-        idx = jax.random.categorical(jax.random.fold_in(key, t), jnp.log(w)).astype(jnp.int32)
-        min_dist = jnp.minimum(min_dist, sq_dists_to_row(a, z, sq_z, idx, include_bias=include_bias))
-        return min_dist, open_.at[idx].set(False), picks.at[t].set(idx)
+    def row_dists(row, cents):  # log D^2 to W centres: [W]
+        return jnp.log(_dists_to_centres(row, cents, include_bias=include_bias))
 
-    _, _, picks = jax.lax.fori_loop(1, budget, step, (min_dist, open_, picks))
+    def block_dists(rows, cents):  # [R, W]: per centre, the row-vectorised formula
+        def one(c):
+            return jnp.log(_sq_dists_to_centre(*rows, c[0], c[1], include_bias=include_bias))
+        return jax.lax.map(one, cents).T
+
+    def priority(t):  # what jax.random.categorical adds; step 0 is the first centre (+inf)
+        return jax.random.gumbel(jax.random.fold_in(key, t), (a.shape[0],), jnp.float32)
+
+    picks, _ = lazy_k_center(log_d, (a, z, sq_z), row_dists, block_dists, budget, priority=priority,
+                             fallback=open_)
     return picks
 
 

@@ -27,9 +27,10 @@ commented out there and is not implemented here either). Differences:
 - No N x N matrix: the distance of every row to the labelled set is a min
   over [block, label block] tiles (at most 2^24 numbers each; see
   `distance_to_labelled` for the expanded form used there and its exactness),
-  then each greedy step updates the minimum with one O(N * C) pass in the
-  direct form. Memory O(N * C + N). Ties go to the lower index (np.argmax
-  does the same).
+  then the greedy steps run CoreSet's lazy greedy (`lazy_k_center`), the
+  direct form brought up to date only for rows that reach the top: the picks
+  of a full O(N * C) update per step at a few O(N) argmaxes per step.
+  Memory O(N * C + N). Ties go to the lower index (np.argmax does the same).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alfamix_jax.strategies.baselines.coreset import CENTRE_BLOCK, lazy_k_center
 from alfamix_jax.strategies.baselines.dropquery import map_row_blocks
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
@@ -73,7 +75,9 @@ def distance_to_labelled(p, log_p, labelled, *, block_size: int = 4096):
     (lab_idx,) = jnp.nonzero(labelled, size=n, fill_value=0)
     num_lab = jnp.sum(labelled, dtype=jnp.int32)
     rows = min(block_size, n)
-    cols = max(1, min(n, TILE_ELEMENTS // rows))
+    # Narrow label blocks: the count of labelled rows is traced, so a wide block would
+    # mostly compute padding (4096 columns for 300 labelled rows: 10x the work).
+    cols = max(1, min(n, TILE_ELEMENTS // rows, CENTRE_BLOCK))
     num_col_blocks = (num_lab + cols - 1) // cols
     neg_entropy = jnp.sum(p * log_p, axis=-1)  # [N]
     left = jnp.concatenate([p, log_p], axis=-1)  # [N, 2C]
@@ -106,23 +110,30 @@ def distance_to_labelled(p, log_p, labelled, *, block_size: int = 4096):
     return map_row_blocks(block, n, block_size)
 
 
+def _row_dists(row, cents):
+    """d(row, each centre). row: ([C], [C]) p, log p; cents: ([W, C], [W, C]) -> [W]."""
+    return symmetric_kl(row[0], row[1], cents[0], cents[1])
+
+
+def _block_dists(rows, cents):
+    """d(each row, each centre), direct form. rows: ([R, C], [R, C]), cents: ([W, C], [W, C]) -> [R, W]."""
+    return symmetric_kl(rows[0][:, None, :], rows[1][:, None, :], cents[0][None], cents[1][None])
+
+
 def k_center_greedy(p, log_p, labels, budget: int, *, block_size: int = 4096):
     """Greedy k-center under the symmetric KL from the labelled rows.
+    p, log_p: [N, C], labels: [N] (-1 unlabelled)
     -> picks [B] int32 in pick order, and the covering radius left after them
-    (max distance of an unpicked unlabelled row to the chosen set)."""
+    (max distance of an unpicked unlabelled row to the chosen set). The steps are
+    CoreSet's lazy greedy (`lazy_k_center`: the same picks as updating every row
+    per step, without an O(N * C) pass per step on most pools)."""
     labelled = labels >= 0
-    min_dist = distance_to_labelled(p, log_p, labelled, block_size=block_size)
-
-    def step(i, carry):
-        min_dist, taken, picks = carry
-        idx = jnp.argmax(jnp.where(taken, -jnp.inf, min_dist)).astype(jnp.int32)
-        d = symmetric_kl(p, log_p, p[idx], log_p[idx])  # [N]
-        return jnp.minimum(min_dist, d), taken.at[idx].set(True), picks.at[i].set(idx)
-
-    init = (min_dist, labelled, jnp.zeros((budget,), jnp.int32))
-    min_dist, taken, picks = jax.lax.fori_loop(0, budget, step, init)
-    radius = jnp.max(jnp.where(taken, -jnp.inf, min_dist))
-    return picks, radius
+    # 1024-row blocks: the [rows, 128] tiles then stay in cache (2x faster than 4096 on CPU).
+    min_dist = distance_to_labelled(p, log_p, labelled, block_size=min(block_size, 1024))  # [N]
+    min_dist = jnp.where(labelled, -jnp.inf, min_dist)
+    picks, min_dist = lazy_k_center(min_dist, (p, log_p), _row_dists, _block_dists, budget,
+                                    block_size=min(block_size, 1024))
+    return picks, jnp.max(min_dist)
 
 
 def make_cdal(*, budget: int, num_classes: int, compat: str = "default", block_size: int = 4096, **_) -> Strategy:

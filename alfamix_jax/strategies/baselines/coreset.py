@@ -9,14 +9,19 @@ Memory is O(N*D + N), never N x N:
 - `min_dist [N]`, the squared distance of each row to its nearest labelled
   row, is built tile by tile: row blocks of the pool against column blocks of
   the labelled rows (gathered to the front by a stable sort, so only
-  ceil(L / block_size) column blocks run, L being traced). A tile is
-  [block_size, block_size]. Its distances are ||a||^2 + ||b||^2 - 2 a.b
+  ceil(L / 128) column blocks run, L being traced). A tile is
+  [block_size, 128]. Its distances are ||a||^2 + ||b||^2 - 2 a.b
   clipped at 0, on embeddings centred on the unlabelled rows' mean first (distances do
   not change; the cancellation in the expansion shrinks with the norms, which
   matters for post-ReLU features that sit far from the origin).
-- Each greedy step then costs one O(N*D) pass: the squared distance of every
-  row to the new centre by direct differences, sum((x - c)^2) (stable; XLA
-  fuses it into one reduction, no [N, D] temporary), and a running minimum.
+- The greedy steps are lazy (`lazy_k_center`): a stored minimum only falls as
+  centres are added, so it is an upper bound, and only a row that reaches the
+  top is brought up to date (direct differences, sum((x - c)^2), against the
+  centres it has not seen) before it is accepted. The picks are those of a
+  full O(N*D) update per step; a step costs a few O(N) argmaxes on most pools,
+  and at most one blocked matmul refresh of all rows on clustered ones. This
+  is what keeps the time linear in N: a full update per step streams the pool
+  from memory B times (100k x 512 x B = 1000: 200 GB read).
   The B steps are one `lax.fori_loop`.
 Ties go to the lowest pool index (argmax). Squared distances order rows as
 the Euclidean distances do, so the picks are the same.
@@ -44,6 +49,8 @@ import jax.numpy as jnp
 
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
+ARGMAX_BLOCK = 256  # entries per block of first_argmax
+CENTRE_BLOCK = 128  # columns (centres) per distance tile
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
 
 
@@ -59,7 +66,9 @@ def min_sq_dists_to_centres(sub, x, centres, *, block_size: int = 4096):
     where there is no centre). Tiles of [block_size, block_size]; only the
     occupied centre column blocks run."""
     s, n = sub.shape[0], x.shape[0]
-    row_size, col_size = min(block_size, s), min(block_size, n)
+    # Narrow centre blocks: the count of centres is traced, so a wide block would multiply
+    # mostly padding (4096 columns for 300 labelled rows cost 14x the work).
+    row_size, col_size = min(block_size, s), min(block_size, n, CENTRE_BLOCK)
     sq_sub, sq_x = jnp.sum(sub * sub, axis=-1), jnp.sum(x * x, axis=-1)  # [S], [N]
     # Centre rows first, in index order (stable); the first `num_centres` entries are theirs.
     order = jnp.argsort(jnp.where(centres, 0, 1), stable=True).astype(jnp.int32)  # [N]
@@ -92,6 +101,115 @@ def labelled_min_sq_dists(x, labelled, *, block_size: int = 4096):
     return min_sq_dists_to_centres(x, x, labelled, block_size=block_size)
 
 
+def lazy_k_center(min_dist, feats, row_dists, block_dists, budget: int, *, priority=None, fallback=None,
+                  chunk: int = 32, max_lazy: int = 64, block_size: int = 4096):
+    """Greedy k-center steps with lazy updates: the same picks as updating every
+    row's `min_dist` with each new centre, without streaming the pool per step.
+
+    min_dist: [S] each row's distance to its nearest starting centre (-inf: never
+    pick it). feats: pytree of [S, ...] row features. row_dists(row, cents) -> [W]
+    and block_dists(rows, cents) -> [R, W]: distances between a row's (rows')
+    features and W centres' features (pytrees with leading W).
+    -> picks [B] int32 (in pick order) and min_dist [S] after them (-inf at picks).
+
+    Why: a row's stored min_dist only falls as centres are added, so a stale value
+    is an upper bound. Each step takes the argmax of the stored values; if that
+    row has not yet seen every centre, it is brought up to date (distances to the
+    centres added since, in chunks of `chunk`) and the argmax is taken again. The
+    first up-to-date argmax is the greedy pick (its value is exact and no other row
+    can exceed its bound; ties still go to the lowest index, as np.argmax). On
+    pools whose new centres rarely move the farthest rows (most real and
+    high-dimensional pools) a step costs a few O(S) argmaxes instead of an
+    O(S * F) pass. After `max_lazy` catch-ups in one step (clustered pools, or
+    no starting centre) every row is brought up to date at once, as matmul-sized
+    [block, chunk] tiles, so the worst case stays O(S * F) per step.
+
+    priority(t) -> [S], optional: added to min_dist when step t compares rows (BADGE's
+    Gumbel noise on log distances: the argmax is then a D^2 draw, and the stale bound
+    still holds). fallback [S] bool, optional: when the pick's score is -inf (nothing
+    left to draw), take the argmax of priority(t) over the rows still open instead.
+    No library offers this (sklearn / FAISS k-center are eager and on the host)."""
+    s = min_dist.shape[0]
+    cents0 = jax.tree.map(lambda f: jnp.zeros((budget + chunk, *f.shape[1:]), f.dtype), feats)
+    rows = min(block_size, s)
+    pad = -s % ARGMAX_BLOCK  # -inf rows at the end, so first_argmax can reshape
+
+    def chunk_min(dists_fn, target, lo, hi, cents, init):
+        """min(init, distances of `target` to centres lo..hi-1), chunk by chunk."""
+        def body(k, best):
+            first = lo + k * chunk
+            d = dists_fn(target, jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, first, chunk), cents))
+            live = (first + jnp.arange(chunk)) < hi  # [W]
+            return jnp.minimum(best, jnp.min(jnp.where(live, d, jnp.inf), axis=-1))
+        return jax.lax.fori_loop(0, (hi - lo + chunk - 1) // chunk, body, init)
+
+    def refresh_all(md, g, t, cents):
+        """Every row up to date with centres g..t-1 (then g = t)."""
+        def body(j, md):
+            start = jnp.minimum(j * rows, s - rows)  # the last block shifted back (min is idempotent)
+            block = jax.tree.map(lambda f: jax.lax.dynamic_slice_in_dim(f, start, rows), feats)
+            old = jax.lax.dynamic_slice_in_dim(md, start, rows)
+            return jax.lax.dynamic_update_slice_in_dim(md, chunk_min(block_dists, block, g, t, cents, old), start, 0)
+        return jax.lax.fori_loop(0, -(-s // rows), body, md)
+
+    def step(t, carry):
+        md, seen, g, picks, cents, open_ = carry
+        pr = 0.0 if priority is None else jnp.pad(priority(t), (0, pad))  # [S + pad]
+
+        def stale(c):
+            md, sc, seen, g, n, i = c
+            return jnp.maximum(seen[i], g) < t
+
+        def catch_up(c):  # sc = md + pr, kept in step so that an iteration costs one O(S) argmax
+            md, sc, seen, g, n, i = c
+
+            def one_row(md, sc, seen, g):
+                row = jax.tree.map(lambda f: f[i], feats)
+                new = chunk_min(row_dists, row, jnp.maximum(seen[i], g), t, cents, md[i])
+                return md.at[i].set(new), sc.at[i].set(new + (0.0 if priority is None else pr[i])), seen.at[i].set(t), g
+
+            def all_rows(md, sc, seen, g):
+                md = refresh_all(md, g, t, cents)
+                return md, md + pr, seen, t
+
+            md, sc, seen, g = jax.lax.cond(n < max_lazy, one_row, all_rows, md, sc, seen, g)
+            return md, sc, seen, g, n + 1, first_argmax(sc)
+
+        sc = md + pr
+        md, _, seen, g, _, i = jax.lax.while_loop(stale, catch_up, (md, sc, seen, g, jnp.int32(0), first_argmax(sc)))
+        if fallback is not None:  # i is up to date; -inf there means -inf everywhere
+            i = jnp.where(md[i] + pr[i] > -jnp.inf, i, first_argmax(jnp.where(open_, pr, -jnp.inf)))
+        cents = jax.tree.map(lambda c, f: c.at[t].set(f[i]), cents, feats)  # the pick
+        return md.at[i].set(-jnp.inf), seen.at[i].set(t), g, picks.at[t].set(i), cents, open_.at[i].set(False)
+
+    open0 = jnp.pad(jnp.zeros((s,), bool) if fallback is None else fallback, (0, pad))
+    init = (jnp.pad(min_dist, (0, pad), constant_values=-jnp.inf), jnp.zeros((s + pad,), jnp.int32), jnp.int32(0),
+            jnp.zeros((budget,), jnp.int32), cents0, open0)
+    md, _, g, picks, cents, _ = jax.lax.fori_loop(0, budget, step, init)
+    return picks, refresh_all(md, g, budget, cents)[:s]
+
+
+def first_argmax(v):
+    """jnp.argmax of v [K * ARGMAX_BLOCK] (the lowest index among the maxima), in two
+    levels: block maxima, then the first block holding the maximum. XLA:CPU's argmax
+    is a scalar loop (0.32 ms for 60k rows); two vectorised maxes and two short
+    argmaxes take a quarter of that, and the greedy steps run several per pick."""
+    blocks = v.reshape(-1, ARGMAX_BLOCK)  # [K, ARGMAX_BLOCK]
+    b = jnp.argmax(jnp.max(blocks, axis=1))
+    return (b * ARGMAX_BLOCK + jnp.argmax(blocks[b])).astype(jnp.int32)
+
+
+def _sq_dists_direct(row, cents):
+    """Squared distances by differences (exact 0 for a copy). row: ([F], []), cents: ([W, F], [W]) -> [W]."""
+    return jnp.sum(jnp.square(cents[0] - row[0]), axis=-1)
+
+
+def _sq_dists_expanded(rows, cents):
+    """||a||^2 + ||b||^2 - 2 a.b clipped at 0 (one matmul per tile).
+    rows: ([R, F], [R]), cents: ([W, F], [W]) -> [R, W]."""
+    return jnp.maximum(rows[1][:, None] + cents[1][None, :] - 2.0 * _dot(rows[0], cents[0].T), 0.0)
+
+
 def furthest_first(sub, valid, x, centres, budget: int, *, block_size: int = 4096):
     """Greedy k-center (the original's `furthest_first`): `budget` positions of
     `sub` rows, each the valid row farthest from its nearest centre so far; the
@@ -105,14 +223,8 @@ def furthest_first(sub, valid, x, centres, budget: int, *, block_size: int = 409
     min_dist = min_sq_dists_to_centres(sub, x, centres, block_size=block_size)  # [S]
     # Rows that can no longer be picked carry -inf (invalid, then picked as we go).
     min_dist = jnp.where(valid, min_dist, -jnp.inf)
-
-    def step(t, carry):
-        min_dist, picks = carry
-        idx = jnp.argmax(min_dist).astype(jnp.int32)  # ties: lowest position
-        d = jnp.sum(jnp.square(sub - sub[idx]), axis=-1)  # [S]
-        return jnp.minimum(min_dist, d).at[idx].set(-jnp.inf), picks.at[t].set(idx)
-
-    _, picks = jax.lax.fori_loop(0, budget, step, (min_dist, jnp.zeros((budget,), jnp.int32)))
+    feats = (sub, jnp.sum(sub * sub, axis=-1))  # [S, F], [S]
+    picks, _ = lazy_k_center(min_dist, feats, _sq_dists_direct, _sq_dists_expanded, budget, block_size=block_size)
     return picks
 
 

@@ -36,6 +36,7 @@ Differences from the originals, and why:
   BatchNorm.
 - Ties: lowest index first (lax.top_k); the original's torch sort leaves tie order unspecified.
 """
+import functools
 import numbers
 
 import jax
@@ -58,12 +59,15 @@ def least_confidence_scores(logits):  # [N, C] -> [N]
 
 def bald_scores(mc_logits):  # [T, N, C] -> [N]
     """Mutual information H(mean_t p_t) - mean_t H(p_t) of T stochastic passes, in nats,
-    computed as mean_t KL(p_t || mean_t p_t) (exactly 0 when the passes agree)."""
-    log_p = jax.nn.log_softmax(mc_logits, axis=-1)  # [T, N, C]
-    top = jnp.max(log_p, axis=0)  # [N, C]
-    log_mean = top + jnp.log(jnp.mean(jnp.exp(log_p - top), axis=0))  # [N, C] log of mean_t p_t
-    kl = jnp.sum(jnp.exp(log_p) * (log_p - log_mean), axis=-1)  # [T, N]
-    return jnp.mean(kl, axis=0)
+    computed as mean_t KL(p_t || mean_t p_t) (exactly 0 when the passes agree).
+    The T passes are unrolled as [N, C] slices (T is static and small): XLA:CPU runs the
+    same arithmetic on the [T, N, C] array 3-4x slower (25 ms vs 100 ms at 5 x 60k x 10 on 2 cores)."""
+    passes = mc_logits.shape[0]
+    log_p = [jax.nn.log_softmax(mc_logits[t], axis=-1) for t in range(passes)]  # T x [N, C]
+    top = functools.reduce(jnp.maximum, log_p)  # [N, C]
+    log_mean = top + jnp.log(sum(jnp.exp(lp - top) for lp in log_p) / passes)  # [N, C] log of mean_t p_t
+    kl = sum(jnp.sum(jnp.exp(lp) * (lp - log_mean), axis=-1) for lp in log_p)  # [N] sum over t
+    return kl / passes
 
 
 def _check_budget(budget: int, num_classes: int) -> None:

@@ -1,0 +1,191 @@
+"""Query time of CoreSet, BADGE, CDAL and BALD: this tree against the committed
+(HEAD) versions of the same modules, side by side on the same arrays (a benchmark,
+not a test; issue 12, item 3).
+
+    .venv/bin/python experiments/benchmark_baselines.py [--rev HEAD] [--repeats 3]
+        [--skip-scaling] [--old-scaling-runs 1] [--out experiments/results/baselines/benchmark.md]
+
+Pool: `benchmark_strategies.build_view` (synthetic class-clustered embeddings, a
+linear head's logits, noisy MC-dropout logits). Main setting: 60k x 256, C = 10,
+300 labelled, B = 100, 5 MC passes. Scaling: CoreSet and BADGE at 20k and 100k x
+512, B = 1000. Each query is compiled ahead of time (`lower().compile()`), then
+run once untimed (warm-up) and `--repeats` times, old and new alternating; the
+median is reported. In the scaling check the committed code takes minutes per call,
+so it runs `--old-scaling-runs` times without the warm-up, and `--old-max-n` skips it
+above that N. The original repository's times
+are the reference numbers of issue 12 (its query alone, model passes excluded).
+"""
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "experiments")]
+
+MODULES = {"coreset": ("coreset", "make_coreset"), "badge": ("badge", "make_badge"),
+           "cdal": ("cdal", "make_cdal"), "bald": ("uncertainty", "make_bald")}
+ORIGINAL_S = {"coreset": 5.2, "badge": 64.0, "cdal": 2.1, "bald": 0.13}  # issue 12's reference times
+TARGET_S = {"coreset": 0.52, "badge": 6.4, "cdal": 0.21, "bald": 0.013}
+
+
+def load_revision(rev: str, module: str) -> types.ModuleType:
+    """alfamix_jax/strategies/baselines/<module>.py as committed at `rev`, imported
+    under another name (its own imports resolve against this tree)."""
+    src = subprocess.run(["git", "show", f"{rev}:alfamix_jax/strategies/baselines/{module}.py"], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), f"old_{module}.py")
+    with open(path, "w") as f:
+        f.write(src)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"old_{module}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compiled_query(factory, budget, view, key):
+    """The strategy's query compiled for `view`, and XLA's temp bytes for it."""
+    import jax
+    strategy = factory(budget=budget, num_classes=view.logits.shape[1])
+    compiled = jax.jit(strategy.query).lower(key, view).compile()
+    stats = compiled.memory_analysis()
+    return compiled, (None if stats is None else stats.temp_size_in_bytes)
+
+
+def run_timed(fn, *args):
+    """(seconds, result) of one call, waited for."""
+    import jax
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start, out
+
+
+def compare(name, view, budget, rev, repeats, old_runs=None):
+    """Old and new query times (medians) on `view`, alternating, and whether the picks agree
+    (old_runs = 0: the new code only)."""
+    import jax
+    import numpy as np
+    module, factory = MODULES[name]
+    import importlib
+    new_mod = importlib.import_module(f"alfamix_jax.strategies.baselines.{module}")
+    old_mod = load_revision(rev, module)
+    key = jax.random.key(0)
+    new_q, new_tmp = compiled_query(getattr(new_mod, factory), budget, view, key)
+    old_runs = repeats if old_runs is None else old_runs
+    old_q, old_tmp = compiled_query(getattr(old_mod, factory), budget, view, key) if old_runs else (None, None)
+    _, new_out = run_timed(new_q, key, view)  # warm-up
+    if old_runs == repeats:
+        run_timed(old_q, key, view)  # warm-up (skipped when the old code is too slow to run twice)
+    new_t, old_t = [], []
+    for r in range(max(repeats, old_runs)):
+        if r < old_runs:
+            t, old_out = run_timed(old_q, key, view)
+            old_t.append(t)
+        if r < repeats:
+            new_t.append(run_timed(new_q, key, view)[0])
+    same = bool(np.array_equal(np.asarray(old_out.selected), np.asarray(new_out.selected))) if old_runs else None
+    return dict(name=name, old=statistics.median(old_t) if old_t else None, new=statistics.median(new_t), same=same,
+                old_tmp=old_tmp, new_tmp=new_tmp)
+
+
+def machine() -> str:
+    import jax
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()
+    return (f"{model}, {os.cpu_count()} cores visible, {platform.system()} {platform.release()}, "
+            f"JAX {jax.__version__} on {jax.devices()[0].platform}; load average at the end "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (a shared machine)")
+
+
+def mib(n):
+    return "-" if n is None else f"{n / 2**20:.0f}"
+
+
+def main_table(rows) -> list:
+    lines = ["| strategy | ours old (s) | ours new (s) | speed-up | target (s) | original (s) | new / original |"
+             " picks identical | XLA temp old / new (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        orig = ORIGINAL_S[r["name"]]
+        lines.append(f"| {r['name']} | {r['old']:.3f} | {r['new']:.3f} | {r['old'] / r['new']:.1f}x | "
+                     f"{TARGET_S[r['name']]} | {orig} | {r['new'] / orig:.3f} | {'yes' if r['same'] else 'no'} | "
+                     f"{mib(r['old_tmp'])} / {mib(r['new_tmp'])} |")
+    return lines
+
+
+def scaling_table(rows) -> list:
+    lines = ["| strategy | N | ours old (s) | ours new (s) | speed-up | picks identical |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["old"] is None:
+            lines.append(f"| {r['name']} | {r['n']} | not run | {r['new']:.3f} | - | - |")
+            continue
+        lines.append(f"| {r['name']} | {r['n']} | {r['old']:.2f} | {r['new']:.3f} | {r['old'] / r['new']:.1f}x | "
+                     f"{'yes' if r['same'] else 'no'} |")
+    by = {(r["name"], r["n"]): r for r in rows}
+    for name in ("coreset", "badge"):
+        if (name, 20000) in by and (name, 100000) in by:
+            for which in ("old", "new"):
+                if by[(name, 100000)][which] is None:
+                    continue
+                ratio = by[(name, 100000)][which] / by[(name, 20000)][which]
+                lines.append(f"\n{name} {which}: t(100k) / t(20k) = {ratio:.1f} (linear would be 5, limit 6)")
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rev", default="HEAD")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--old-scaling-runs", type=int, default=1)
+    parser.add_argument("--old-max-n", type=int, default=None,
+                        help="run the committed code in the scaling check only up to this N (it is slow)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "experiments/results/baselines/benchmark.md"))
+    args = parser.parse_args()
+    from benchmark_strategies import build_view
+
+    view = build_view(60000, 256, 10, 300, 5)
+    rows = []
+    for name in ("coreset", "badge", "cdal", "bald"):
+        rows.append(compare(name, view, 100, args.rev, args.repeats))
+        print(rows[-1], flush=True)
+    scaling = []
+    if not args.skip_scaling:
+        for n in (20000, 100000):
+            view = build_view(n, 512, 10, 300, 0)
+            for name in ("coreset", "badge"):
+                too_big = args.old_max_n is not None and n > args.old_max_n
+                old_runs = 0 if too_big else args.old_scaling_runs
+                scaling.append(dict(compare(name, view, 1000, args.rev, args.repeats, old_runs), n=n))
+                print(scaling[-1], flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    out = [f"# Baseline query times: this tree vs `{args.rev}`", "",
+           f"Machine: {machine()}.", f"Peak RSS of the whole run: {peak:.0f} MiB "
+           "(pools, both versions' compiled queries and JAX itself).", "",
+           f"## 60k x 256, C = 10, 300 labelled, B = 100 (BALD: 5 MC passes); median of {args.repeats} "
+           "after a warm-up, old and new alternating", "", *main_table(rows)]
+    if scaling:
+        out += ["", f"## Scaling: D = 512, B = 1000, 300 labelled (new: median of {args.repeats} after a warm-up; "
+                f"old: {args.old_scaling_runs} run(s), no warm-up, compiled ahead"
+                + ("" if args.old_max_n is None else f", only up to N = {args.old_max_n}") + ")",
+                "", *scaling_table(scaling)]
+    text = "\n".join(out) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

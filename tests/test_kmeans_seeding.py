@@ -1,0 +1,84 @@
+"""The default k-means seeding (alfamix_jax.selection.kmeans.sampled_kmeans_plus_plus: greedy
+k-means++ over a uniform sample of 8 rows per centre): distinct centres from the real rows,
+one result per key, and inertia after Lloyd within 1% of scikit-learn's where the sample is
+smaller than the buffer. The exact seeding stays available (`seeding="exact"`)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from alfamix_jax import kmeans
+from alfamix_jax.selection.kmeans import _uniforms, sample_size, sampled_kmeans_plus_plus
+
+
+@functools.partial(jax.jit, static_argnames=("k", "seeding"))
+def kmeans_jit(key, x, n_valid, k, seeding="sample"):
+    return kmeans(key, x, n_valid, k, block_size=512, seeding=seeding)
+
+
+seed_jit = jax.jit(sampled_kmeans_plus_plus, static_argnames=("k", "sample"))
+
+
+def pool_rows(seed, n=4000, dim=32, classes=10):
+    """Rows as the benchmark pool draws them (class means * 0.25 + unit noise), L2-normalised,
+    as the selection clusters them."""
+    rng = np.random.RandomState(seed)
+    mu = rng.randn(classes, dim) * 0.25
+    x = mu[rng.randint(0, classes, n)] + rng.randn(n, dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_sample_is_smaller_than_the_buffer_here():
+    assert sample_size(100) < 2500 < 4000
+
+
+@pytest.mark.parametrize("n_valid,k", [(2500, 100), (300, 60)], ids=["sampled", "all-rows"])
+def test_k_distinct_centres_from_the_real_rows(n_valid, k):
+    x = pool_rows(0, n=3000)
+    x[n_valid:] = 50.0  # far away: would be drawn first if rows past n_valid counted
+    centres = np.asarray(seed_jit(jax.random.key(3), jnp.asarray(x), n_valid, k=k))
+    assert centres.shape == (k, x.shape[1])
+    rows = [np.flatnonzero(np.all(x[:n_valid] == c, axis=1)) for c in centres]
+    assert all(len(r) == 1 for r in rows), "a centre that is not one real row"
+    assert len({int(r[0]) for r in rows}) == k, "repeated centres"
+
+
+def test_same_key_same_centres_other_key_others():
+    x = jnp.asarray(pool_rows(1, n=3000))
+    a = np.asarray(seed_jit(jax.random.key(5), x, 2800, k=100))
+    b = np.asarray(seed_jit(jax.random.key(5), x, 2800, k=100))
+    c = np.asarray(seed_jit(jax.random.key(6), x, 2800, k=100))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_inertia_within_one_percent_of_scikit_learn():
+    # 4000 rows, k = 100: the seeding sees a 2048-row sample; Lloyd then sees every row.
+    ours, theirs = [], []
+    for seed in range(3):
+        x = pool_rows(seed)
+        ours.append(float(kmeans_jit(jax.random.key(seed), jnp.asarray(x), len(x), 100).inertia))
+        theirs.append(KMeans(n_clusters=100, init="k-means++", n_init=1, random_state=seed).fit(x).inertia_)
+    assert np.mean(ours) <= 1.01 * np.mean(theirs), (ours, theirs)
+
+
+def test_exact_seeding_is_still_there():
+    x = jnp.asarray(pool_rows(2, n=1000, dim=8))
+    exact = jax.device_get(kmeans_jit(jax.random.key(0), x, 900, 20, seeding="exact"))
+    sampled = jax.device_get(kmeans_jit(jax.random.key(0), x, 900, 20))
+    assert np.all(np.asarray(exact.assignment)[900:] == -1) and int(exact.iterations) > 0
+    assert float(exact.inertia) == pytest.approx(float(sampled.inertia), rel=0.05)
+    with pytest.raises(ValueError, match="seeding"):
+        kmeans(jax.random.key(0), x, 900, 20, seeding="kmeans||")
+
+
+def test_uniforms_are_uniform_and_keyed():
+    u = np.asarray(_uniforms(jax.random.key(0), 100_000))
+    assert u.min() >= 0.0 and u.max() < 1.0
+    np.testing.assert_allclose(np.histogram(u, bins=10, range=(0, 1))[0] / len(u), 0.1, atol=0.005)
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
+    other = np.asarray(_uniforms(jax.random.key(1), 100_000))
+    assert np.mean(u == other) < 0.001
