@@ -1,9 +1,11 @@
-"""k-means: today's code (git HEAD's alfamix_jax/selection/kmeans.py, exact greedy k-means++
-seeding over the whole buffer) against the working tree's (greedy k-means++ over a uniform
-random sample of the buffer), side by side in one process, calls alternating.
+"""k-means: an older revision's alfamix_jax/selection/kmeans.py (default 62329fb, exact greedy
+k-means++ seeding over the whole buffer) against the working tree's (greedy k-means++ over a
+uniform random sample of the buffer, distances from its Gram matrix), side by side in one
+process, calls alternating; then the whole selection on the 20k benchmark pool with B = 500.
 
     python experiments/benchmark_kmeans.py [--cases 20k-pool,1M-buffer,blobs] [--repeats 3]
-        [--seeds 2] [--revision HEAD] [--out experiments/results/kmeans/benchmark.md]
+        [--seeds 6] [--revision 62329fb] [--skip-cold] [--skip-selection]
+        [--out experiments/results/kmeans/benchmark.md]
 
 Cases (the k-means buffer as the selection builds it: L2-normalised rows, first n_valid real):
 - 20k-pool: the 20k x 512 benchmark pool with budget 500: 653 candidates in a 20,000-row buffer.
@@ -11,10 +13,13 @@ Cases (the k-means buffer as the selection builds it: L2-normalised rows, first 
 - blobs: 20,000 x 64 rows in 200 well separated clusters, k = 200 (where seeding matters most).
 
 Seeding and whole k-means times are medians over --repeats calls (keys 1..repeats), old and new
-alternating; inertia is the mean over those keys, scikit-learn's the mean over --seeds fits of
-KMeans(init="k-means++", n_init=1). Cold compile: in a fresh process per implementation, with
-the persistent compilation cache off, the first call's time minus the median of two more.
-Prints a markdown table; --out also writes it there.
+alternating, wall and CPU seconds; inertia is the mean over keys 0..seeds-1, scikit-learn's the
+mean over as many fits of KMeans(init="k-means++", n_init=1). Cold compile: in a fresh process
+per implementation, with the persistent compilation cache off, the first call's time minus the
+median of two more. The selection (working tree only; closed-form alpha, alpha_cap_step 0.2):
+first call and steady state in a fresh process, cache off; and the whole `alfamix-jax select`
+process with the cache off, cold (an empty cache directory) and warm (the same directory again).
+Prints markdown tables; --out also writes them there.
 """
 import argparse
 import functools
@@ -22,6 +27,8 @@ import importlib.util
 import json
 import os
 import platform
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +40,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "experiments"))
 
 CASES = {
     "20k-pool": dict(m=20000, n_valid=653, dim=512, k=500, data="pool"),
@@ -82,9 +90,10 @@ def functions(jax, old, new, k):
 
 
 def timed(jax, fn, *args):
-    t = time.perf_counter()
+    """(output, wall s, CPU s of this process)."""
+    t, c = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t
+    return out, time.perf_counter() - t, time.process_time() - c
 
 
 def cold(impl, case_name, revision):
@@ -97,9 +106,10 @@ def cold(impl, case_name, revision):
     jax.block_until_ready(jax.jit(lambda a: a + 1)(x))  # the backend's own start, not k-means'
     old, new = load_modules(revision)
     _, fn = functions(jax, old, new, case["k"])[impl]
-    _, first = timed(jax, fn, jax.random.key(0), x, case["n_valid"])
-    steady = statistics.median(timed(jax, fn, jax.random.key(i), x, case["n_valid"])[1] for i in (1, 2))
-    return dict(first=first, steady=steady, compile=first - steady)
+    _, first, first_cpu = timed(jax, fn, jax.random.key(0), x, case["n_valid"])
+    steady = [timed(jax, fn, jax.random.key(i), x, case["n_valid"])[1:] for i in (1, 2)]
+    wall, cpu = (statistics.median(t[i] for t in steady) for i in (0, 1))
+    return dict(first=first, steady=wall, compile=first - wall, compile_cpu=first_cpu - cpu)
 
 
 def run_cold(impl, case_name, revision):
@@ -122,28 +132,79 @@ def measure(case_name, args):
     for impl in fns:  # compile both first
         for fn in fns[impl]:
             jax.block_until_ready(fn(jax.random.key(0), x, n))
-    seed_s = {impl: [] for impl in fns}
-    total_s = {impl: [] for impl in fns}
+    times = {(impl, part): [] for impl in fns for part in ("seed", "total")}
+    for r in range(1, args.repeats + 1):
+        for part, index in (("seed", 0), ("total", 1)):
+            for impl in fns:
+                times[impl, part].append(timed(jax, fns[impl][index], jax.random.key(r), x, n)[1:])
     inertia = {impl: [] for impl in fns}
     iters = {impl: [] for impl in fns}
-    for r in range(1, args.repeats + 1):
-        for impl, (seeding, _) in fns.items():
-            seed_s[impl].append(timed(jax, seeding, jax.random.key(r), x, n)[1])
-        for impl, (_, whole) in fns.items():
-            result, s = timed(jax, whole, jax.random.key(r), x, n)
-            total_s[impl].append(s)
+    for s in range(args.seeds):
+        for impl in fns:
+            result = fns[impl][1](jax.random.key(s), x, n)
             inertia[impl].append(float(result.inertia))
             iters[impl].append(int(result.iterations))
     sk = [KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=s).fit(host[:n]).inertia_
           for s in range(args.seeds)]
-    med = {impl: (statistics.median(seed_s[impl]), statistics.median(total_s[impl])) for impl in fns}
-    row = dict(case=case_name, **case, seed_old=med["old"][0], seed_new=med["new"][0], total_old=med["old"][1],
-               total_new=med["new"][1], inertia_old=float(np.mean(inertia["old"])),
-               inertia_new=float(np.mean(inertia["new"])), inertia_sklearn=float(np.mean(sk)),
-               iters_old=float(np.mean(iters["old"])), iters_new=float(np.mean(iters["new"])))
+    row = dict(case=case_name, **case, inertia_sklearn=float(np.mean(sk)), inertia_sklearn_all=sk)
+    for (impl, part), runs in times.items():
+        row[f"{part}_{impl}"] = statistics.median(t[0] for t in runs)
+        row[f"{part}_{impl}_cpu"] = statistics.median(t[1] for t in runs)
+    for impl in fns:
+        row.update({f"inertia_{impl}": float(np.mean(inertia[impl])), f"inertia_{impl}_all": inertia[impl],
+                    f"iters_{impl}": float(np.mean(iters[impl]))})
+    row["load"] = os.getloadavg()[0]
     if not args.skip_cold:
-        row.update(cold_old=run_cold("old", case_name, args.revision)["compile"],
-                   cold_new=run_cold("new", case_name, args.revision)["compile"])
+        for impl in fns:
+            cold_run = run_cold(impl, case_name, args.revision)
+            row[f"cold_{impl}"], row[f"cold_{impl}_cpu"] = cold_run["compile"], cold_run["compile_cpu"]
+    return row
+
+
+def selection_worker():
+    """In this fresh process (cache off): the 20k pool, B = 500, first call and steady state."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    from benchmark_selection import make_pool
+
+    from alfamix_jax import LinearHead, make_alfamix_selector
+
+    pool = make_pool(5, 20000, 200, 512, 10, 0.25)
+    emb, labels = jax.device_put(pool["embeddings"]), jax.device_put(pool["labels"].astype(np.int32))
+    head = LinearHead(jax.device_put(pool["head_weight"]), jax.device_put(pool["head_bias"]))
+    jax.block_until_ready((emb, labels, head))
+    select = make_alfamix_selector(budget=500, num_classes=10, alpha_cap_step=0.2)
+    result, first, first_cpu = timed(jax, select, jax.random.key(0), emb, labels, head)
+    steady = [timed(jax, select, jax.random.key(i), emb, labels, head)[1:] for i in range(1, 8)]
+    return dict(first=first, first_cpu=first_cpu, steady=statistics.median(t[0] for t in steady),
+                steady_cpu=statistics.median(t[1] for t in steady),
+                candidates=int(result.diagnostics.num_candidates), load=os.getloadavg()[0])
+
+
+def whole_process(args):
+    """The selection in a fresh process, then `alfamix-jax select` processes (wall, CPU s)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
+    out = subprocess.run([sys.executable, __file__, "--selection-worker"], env=env, capture_output=True,
+                         text=True, check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    work = Path(tempfile.mkdtemp(prefix="kmeans_bench_"))
+    try:
+        subprocess.run([sys.executable, "/work/shared/bench/make_pool.py", str(work / "pool.npz")], check=True)
+        cli = Path(sys.executable).parent / "alfamix-jax"
+        env["ALFAMIX_JAX_CACHE_DIR"] = str(work / "cache")
+        for name, extra in (("no_cache", ["--no-compile-cache"]), ("cold_cache", []), ("warm_cache", [])):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            subprocess.run([str(cli), "select", "--input", str(work / "pool.npz"), "--budget", "500",
+                            "--alpha-cap-step", "0.2", "--output", str(work / f"{name}.npz"), *extra],
+                           env=env, check=True, capture_output=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            row[name] = time.perf_counter() - t
+            row[f"{name}_cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    row["load_end"] = os.getloadavg()[0]
     return row
 
 
@@ -162,56 +223,82 @@ def machine():
             f"load average {os.getloadavg()[0]:.1f} at the end (a shared machine)")
 
 
-def table(rows, args):
+def _pair(r, key):
+    """'wall (CPU)' of a measurement, or '-'."""
+    return f"{r[key]:.3f} ({r[key + '_cpu']:.3f})" if key in r else "-"
+
+
+def table(rows, selection, args):
     lines = [
         "| case | M (valid) x D | k | seeding old s | seeding new s | ratio | k-means old s | k-means new s | "
         "ratio | Lloyd iters old / new | inertia old | inertia new | inertia sklearn | new / sklearn | "
-        "cold compile old s | cold compile new s |",
-        "|" + "---|" * 16,
+        "cold compile old s | cold compile new s | load |",
+        "|" + "---|" * 17,
     ]
     for r in rows:
-        cold_old = f"{r['cold_old']:.2f}" if "cold_old" in r else "-"
-        cold_new = f"{r['cold_new']:.2f}" if "cold_new" in r else "-"
         lines.append(
-            f"| {r['case']} | {r['m']:,} ({r['n_valid']:,}) x {r['dim']} | {r['k']} | {r['seed_old']:.3f} | "
-            f"{r['seed_new']:.3f} | {r['seed_old'] / r['seed_new']:.1f}x | {r['total_old']:.3f} | "
-            f"{r['total_new']:.3f} | {r['total_old'] / r['total_new']:.1f}x | {r['iters_old']:.1f} / "
+            f"| {r['case']} | {r['m']:,} ({r['n_valid']:,}) x {r['dim']} | {r['k']} | {_pair(r, 'seed_old')} | "
+            f"{_pair(r, 'seed_new')} | {r['seed_old'] / r['seed_new']:.1f}x | {_pair(r, 'total_old')} | "
+            f"{_pair(r, 'total_new')} | {r['total_old'] / r['total_new']:.1f}x | {r['iters_old']:.1f} / "
             f"{r['iters_new']:.1f} | {r['inertia_old']:.2f} | {r['inertia_new']:.2f} | {r['inertia_sklearn']:.2f} | "
-            f"{r['inertia_new'] / r['inertia_sklearn']:.4f} | {cold_old} | {cold_new} |")
-    return "\n".join([
+            f"{r['inertia_new'] / r['inertia_sklearn']:.4f} | {_pair(r, 'cold_old')} | {_pair(r, 'cold_new')} | "
+            f"{r['load']:.1f} |")
+    text = [
         f"# k-means: {args.revision} vs the working tree",
         "",
         f"Machine: {machine()}.",
-        f"Times: median of {args.repeats} calls per implementation, calls alternating; inertia: mean over "
-        f"the same keys; scikit-learn: mean of {args.seeds} fits. Cold compile: fresh process, persistent "
-        "cache off, first call minus steady.",
+        f"Times: wall seconds (CPU seconds of the process in brackets), median of {args.repeats} calls per "
+        f"implementation, calls alternating; inertia: mean over keys 0..{args.seeds - 1}; scikit-learn: mean of "
+        f"{args.seeds} fits (random_state 0..{args.seeds - 1}). Cold compile: fresh process, persistent cache "
+        "off, first call minus steady. load: the 1-minute load average after the row.",
         "",
         *lines,
         "",
-    ])
+    ]
+    if selection:
+        s = selection
+        text += [
+            "Whole selection, the 20k x 512 benchmark pool, B = 500 (closed form, alpha_cap_step 0.2; "
+            f"{s['candidates']} candidates), working tree; wall s (CPU s):",
+            "",
+            "| steady | first call (fresh process, cache off) | `alfamix-jax select` process: cache off | "
+            "cold cache | warm cache | load |",
+            "|---|---|---|---|---|---|",
+            f"| {_pair(s, 'steady')} | {_pair(s, 'first')} | {_pair(s, 'no_cache')} | {_pair(s, 'cold_cache')} | "
+            f"{_pair(s, 'warm_cache')} | {s['load']:.1f} / {s['load_end']:.1f} |",
+            "",
+        ]
+    return "\n".join(text)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--revision", default="HEAD")
+    ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--revision", default="62329fb")
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--skip-selection", action="store_true")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cold", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
+    ap.add_argument("--selection-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cold:
         print(json.dumps(cold(args.cold[0], args.cold[1], args.revision)))
+        return
+    if args.selection_worker:
+        print(json.dumps(selection_worker()))
         return
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
     rows = []
-    for name in args.cases.split(","):
+    for name in [c for c in args.cases.split(",") if c]:
         rows.append(measure(name, args))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    text = table(rows, args)
+    selection = None if args.skip_selection else whole_process(args)
+    print(json.dumps(selection), file=sys.stderr, flush=True)
+    text = table(rows, selection, args)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

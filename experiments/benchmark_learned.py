@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Learned (and random) alpha on the linear head: the fast path (mixing.learned_linear_flips /
-random_linear_flips) side by side with today's code (HEAD's alfamix_jax, unpacked with
-`git archive` into a temporary directory and put first on PYTHONPATH; the working tree's git
-state is not touched).
+random_linear_flips) side by side with an older revision of it: a copy of this tree's
+alfamix_jax in a temporary directory with the files of the learned / random path
+(OLD_FILES) as `git show REV:path` gives them, put first on PYTHONPATH, so the two codes
+differ only in those files; the working tree's git state is not touched.
 
-    .venv/bin/python experiments/benchmark_learned.py [--repeats 2] [--skip-head] [--skip-cli]
-        [--skip-fmnist] [--out experiments/results/learned/benchmark.md]
+    .venv/bin/python experiments/benchmark_learned.py [--old-rev 64ce9a6] [--repeats 2] [--skip-old]
+        [--skip-cli] [--skip-fmnist] [--skip-random] [--out experiments/results/learned/benchmark.md]
 
 Rows:
   - 20k x 512 pool of benchmark_selection.py (make_pool, POOL_SEED, 200 labelled), B=1000,
     C=10, --alpha-cap-step 0.03125: the call in a fresh process (trace + compile + run), the
     steady state (median of --repeats further calls), the process's peak RSS over its RSS
     once the pool is on the device, caps tried and candidates; learned and random alpha.
-  - the whole `alfamix-jax select --alpha learned --alpha-cap-step 0.03125` process on that
-    pool (empty compilation caches).
+  - the whole `alfamix-jax select --alpha learned|random --alpha-cap-step 0.03125` process on
+    that pool (empty compilation caches).
   - the Fashion-MNIST protocol size: 60k x 256, B=100, cap step 0.2 (the same generator).
 Each measurement runs in its own subprocess. Timings depend on the machine's load: the load
 average is printed with each one. Targets: steady <= 154.9 / 50 s, process <= 154.9 / 15 s
@@ -24,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool  # noqa: E402
 
+OLD_FILES = ("alfamix_jax/selection/mixing.py", "alfamix_jax/selection/stages.py", "alfamix_jax/selection/heads.py")
 ORIGINAL_LEARNED_S = 154.9  # the original's learned query on the 20k x 512 pool, cap step 0.03125
 CASES = {  # name: (unlabelled rows, dim, budget, cap step)
     "20k": (20000, 512, 1000, 0.03125),
@@ -105,33 +108,36 @@ def measure(code_root, case, alpha, repeats):
 
 
 def measure_cli(code_root, tmp, alpha="learned"):
-    """Wall clock of one whole `select` process, empty compilation caches."""
+    """Wall clock and CPU of whole `select` processes: the first with an empty compilation
+    cache, then a second one with the persistent cache the first wrote (as a rerun finds it)."""
     n, dim, budget, step = CASES["20k"]
     pool_path = os.path.join(tmp, "pool20k.npz")
     if not os.path.exists(pool_path):
         np.savez(pool_path, **make_pool(POOL_SEED, n, POOL_LABELLED, dim, 10, POOL_SEP))
     cache = tempfile.mkdtemp(dir=tmp)
     env = env_for(code_root) | {"JAX_COMPILATION_CACHE_DIR": cache, "ALFAMIX_JAX_CACHE_DIR": cache}
-    cmd = [sys.executable, "-c", "import sys; from alfamix_jax.cli import main; sys.exit(main())", "select",
-           "--input", pool_path, "--budget", str(budget), "--output", os.path.join(cache, "out.npz"),
-           "--alpha", alpha, "--alpha-cap-step", str(step)]
-    load = os.getloadavg()[0]
-    t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
-    elapsed, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stdout + proc.stderr)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return dict(process_s=elapsed, process_cpu_s=cpu, load=load)
+    result = dict(load=os.getloadavg()[0])
+    for run in ("process", "warm_process"):
+        cmd = [sys.executable, "-c", "import sys; from alfamix_jax.cli import main; sys.exit(main())", "select",
+               "--input", pool_path, "--budget", str(budget), "--output", os.path.join(cache, f"{run}.npz"),
+               "--alpha", alpha, "--alpha-cap-step", str(step)]
+        t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
+        elapsed, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout + proc.stderr)
+        result[f"{run}_s"] = elapsed
+        result[f"{run}_cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return result
 
 
-def head_snapshot(tmp):
-    """HEAD's alfamix_jax in tmp/head (git archive: reads the repository, changes nothing)."""
-    root = Path(tmp) / "head"
-    root.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "alfamix_jax"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+def old_snapshot(tmp, rev):
+    """This tree's alfamix_jax in tmp/old with OLD_FILES as of `rev` (reads the repository, changes nothing)."""
+    root = Path(tmp) / "old"
+    shutil.copytree(REPO / "alfamix_jax", root / "alfamix_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in OLD_FILES:
+        text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"], capture_output=True, check=True).stdout
+        (root / path).write_bytes(text)
     return root
 
 
@@ -156,8 +162,9 @@ def gib(x):
 def table(rows, note):
     """rows: (case, alpha, code, result dict) -> markdown."""
     out = ["| pool | alpha | code | first call (s) | steady (s) | steady CPU (s) | whole `select` process (s) | "
-           "process CPU (s) | speed-up vs original (steady / process) | peak RSS over pool | caps tried | "
-           "candidates | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "process CPU (s) | process, warm cache (s / CPU s) | speed-up vs original (steady / process) | "
+           "peak RSS over pool | caps tried | candidates | load |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, alpha, code, r in rows:
         n, dim, budget, step = CASES[case]
         steady, proc = r.get("steady_median_s"), r.get("process_s")
@@ -169,7 +176,7 @@ def table(rows, note):
 
         out.append(f"| {n // 1000}k x {dim}, B={budget}, step {step} | {alpha} | {code} | {fmt(r.get('first_s'))} | "
                    f"{fmt(steady)} | {fmt(r.get('steady_cpu_s'))} | {fmt(proc)} | {fmt(r.get('process_cpu_s'))} | "
-                   f"{speed} | "
+                   f"{fmt(r.get('warm_process_s'))} / {fmt(r.get('warm_process_cpu_s'))} | {speed} | "
                    f"{gib(r['extra_peak_rss']) if 'extra_peak_rss' in r else '-'} | {r.get('caps_tried', '-')} | "
                    f"{r.get('candidates', '-')} | {r['load']:.1f} |")
     return "\n".join(out + ["", note])
@@ -179,7 +186,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-head", action="store_true", help="only the working tree's code")
+    parser.add_argument("--old-rev", default="64ce9a6", help="revision of OLD_FILES to compare with")
+    parser.add_argument("--skip-old", action="store_true", help="only the working tree's code")
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-fmnist", action="store_true")
     parser.add_argument("--skip-random", action="store_true")
@@ -200,36 +208,32 @@ def main():
         agree = all(len(v) == 1 for v in same.values())
         note = (f"Machine: {machine()}; load average at the start of each measurement in the last column (the "
                 f"machine is shared: a load above the core count slows every row). Steady: median of "
-                f"{args.repeats} call(s) after the first. CPU: seconds of CPU (user + system, all threads) the call or "
-                f"process used; less sensitive to the load than wall time. Peak RSS: the process's high-water RSS "
-                f"over its RSS "
-                f"once the pool is on the device. The original's learned query on the 20k pool: "
-                f"{ORIGINAL_LEARNED_S} s; targets: steady <= {ORIGINAL_LEARNED_S / 50:.1f} s, process <= "
-                f"{ORIGINAL_LEARNED_S / 15:.1f} s, 60k x 256 under 1.5 s. Caps tried and union per cap (same key) "
-                f"{'agree' if agree else 'DIFFER'} between the codes on every pool measured.")
+                f"{args.repeats} call(s) after the first. Whole process: a fresh `select` process with an empty "
+                f"compilation cache; warm: a second one with the persistent cache the first wrote. CPU: seconds of "
+                f"CPU (user + system, all threads) the call or process used; less sensitive to the load than wall "
+                f"time. Peak RSS: the process's high-water RSS over its RSS once the pool is on the device. The "
+                f"original's learned query on the 20k pool: {ORIGINAL_LEARNED_S} s; targets: steady <= "
+                f"{ORIGINAL_LEARNED_S / 50:.1f} s, process <= {ORIGINAL_LEARNED_S / 15:.1f} s, 60k x 256 under "
+                f"1.5 s. Caps tried and union per cap (same key) {'agree' if agree else 'DIFFER'} between the codes "
+                f"on every pool measured.")
         text = table(rows, note)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("# Learned / random alpha on the linear head: fast path vs HEAD\n\n" + text + "\n")
+        Path(args.out).write_text(f"# Learned / random alpha on the linear head: this tree vs {args.old_rev}\n\n"
+                                  f"`{' '.join(sys.argv)}`\n\n" + text + "\n")
         return text
 
     with tempfile.TemporaryDirectory(prefix="alfamix-bench-learned-") as tmp:
-        codes = [("this tree", REPO)] + ([] if args.skip_head else [("HEAD", head_snapshot(tmp))])
-        cases = [("20k", "learned")] + ([] if args.skip_fmnist else [("fmnist", "learned")])
-        cases += [] if args.skip_random else [("20k", "random")]
-        for case, alpha in cases[:2]:
-            for code, root in codes:
-                rows.append((case, alpha, code, measure(root, case, alpha, args.repeats)))
-                print(f"{case} {alpha} {code}: {rows[-1][3]}", flush=True)
-                save()
-        if not args.skip_cli:
-            for code, root in codes:
-                rows.append(("20k", "learned", code, measure_cli(root, tmp)))
-                print(f"cli {code}: {rows[-1][3]}", flush=True)
-                save()
-        for case, alpha in cases[2:]:
-            for code, root in codes:
-                rows.append((case, alpha, code, measure(root, case, alpha, args.repeats)))
-                print(f"{case} {alpha} {code}: {rows[-1][3]}", flush=True)
+        codes = [("this tree", REPO)] + ([] if args.skip_old else [(args.old_rev, old_snapshot(tmp, args.old_rev))])
+        alphas = ["learned"] + ([] if args.skip_random else ["random"])
+        for alpha in alphas:
+            for case in ["20k"] + ([] if args.skip_fmnist else ["fmnist"]):
+                for code, root in codes:  # old and new one after the other: the same load
+                    rows.append((case, alpha, code, measure(root, case, alpha, args.repeats)))
+                    print(f"{case} {alpha} {code}: {rows[-1][3]}", flush=True)
+                    save()
+            for code, root in codes if not args.skip_cli else []:
+                rows.append(("20k", alpha, code, measure_cli(root, tmp, alpha)))
+                print(f"cli {alpha} {code}: {rows[-1][3]}", flush=True)
                 save()
     print(save())
 

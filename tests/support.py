@@ -1,6 +1,9 @@
 """Shared test helpers: synthetic pools, the reference fixtures, a compile
-counter (the one `check_strategy` uses). Not a test module."""
+counter (the one `check_strategy` uses), the killable CLI run. Not a test module."""
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -43,3 +46,30 @@ def make_pool(seed, *, n=300, dim=16, num_classes=5, labelled=60, sep=1.0, w_noi
     labels[chosen] = true[chosen]
     head = LinearHead(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
     return x.astype(np.float32), labels, true, head
+
+
+# The CLI run the kill, stop and concurrency tests interrupt or race (2 strategies x 2 seeds x 5 rounds,
+# 20 rows); conftest.py's session fixture `killable_whole` runs it once, uninterrupted, as their reference.
+CLI_CONFIG = """
+from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+from alfamix_jax.experiment.training import TrainConfig
+
+def get_config():
+    return ExperimentConfig(
+        name="killable",
+        data=DataConfig(name="digits", max_train=400, max_test=100),
+        model=ModelConfig(name="mlp", embed_dim=32),
+        train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=40),
+        loop=LoopConfig(initial_size=20, budget=10, rounds=4),
+        strategies=("alfamix", "random"),
+        seeds=(1, 2),
+    )
+"""
+
+
+def cli_run(*args, **kwargs) -> subprocess.Popen:
+    """`alfamix-jax run ARGS --no-report --no-compile-cache` in a fresh process on the CPU (text pipes).
+    The session's compilation cache (conftest.py) still reaches it through the environment."""
+    cmd = [sys.executable, "-m", "alfamix_jax.cli", "run", *map(str, args), "--no-report", "--no-compile-cache"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"), **kwargs)

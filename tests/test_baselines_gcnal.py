@@ -211,14 +211,15 @@ def test_coregcn_picks_the_separate_cluster(seed):
 
 @functools.partial(jax.jit, static_argnames="settings")
 def gcn_scores(key, x, labels, settings):
-    """The query's subset and eval-mode scores, recomputed from its keys."""
+    """The query's graph rows, which are the subset's, and eval-mode scores, recomputed
+    from its keys (at N = 120 the graph has one capacity, the pool size)."""
     settings = dict(settings)
     subset_key, gcn_key = jax.random.split(key)
     idx, valid = gcnal.sample_subset(subset_key, labels, settings.pop("subset_size"))
-    lab = labels >= 0
-    unl = jnp.zeros_like(lab).at[idx].set(valid)
-    z, _, _ = gcnal.train_gcn(gcn_key, gcnal.normalise_rows(x), lab, unl, **settings)
-    return idx, valid, jax.nn.sigmoid(z)
+    (capacity,) = gcnal.node_capacities(labels.shape[0], idx.shape[0])
+    rows, unl, lab = gcnal.graph_nodes(idx, valid, labels, capacity)
+    z, _, _ = gcnal.train_gcn(gcn_key, gcnal.normalise_rows(x[rows]), lab, unl, **settings)
+    return rows, unl, jax.nn.sigmoid(z)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -227,9 +228,9 @@ def test_uncertaingcn_picks_rows_closest_to_the_margin(seed):
     key = jax.random.key(seed)
     picks = np.asarray(strategy("uncertain").query(key, view_of(x, labels)).selected)
     # The original's rule on the same scores: argsort(-|s - s_margin|)[-n:] over the subset.
-    idx, valid, s = gcn_scores(key, jnp.asarray(x), jnp.asarray(labels), tuple(sorted(SETTINGS.items())))
-    idx = np.asarray(idx)[np.asarray(valid)]
-    s = np.asarray(s, np.float64)[idx]
+    rows, unl, s = gcn_scores(key, jnp.asarray(x), jnp.asarray(labels), tuple(sorted(SETTINGS.items())))
+    idx = np.asarray(rows)[np.asarray(unl)]
+    s = np.asarray(s, np.float64)[np.asarray(unl)]
     ref = idx[np.argsort(-np.abs(s - 0.1))[-BUDGET:]]
     assert sorted(picks.tolist()) == sorted(ref.tolist())
     # The known answer: a copy of a labelled row cannot be told from it (its
@@ -258,3 +259,71 @@ def test_settings_are_checked():
         gcnal.make_gcnal(budget=2, method="coregcn")
     assert gcnal.STRATEGIES["gcnal_uncertain"](budget=3, num_classes=4).name == "gcnal_uncertain"
     assert gcnal.STRATEGIES["gcnal"](budget=3, num_classes=4, unknown_setting=1).name == "gcnal"
+
+
+# --- the graph: the subset and the labelled rows, never the rest of the pool ---
+
+def test_node_capacities():
+    # The paper's subset (10000) on a 60k pool: room for 1024, 4096, 16384 labelled rows, then the pool.
+    assert gcnal.node_capacities(60000, 10000) == (11024, 14096, 26384, 60000)
+    assert gcnal.node_capacities(120, 60) == (120,)
+
+
+def test_graph_holds_the_subset_and_every_labelled_row():
+    x, labels = random_pool(3, 30)
+    idx, valid = gcnal.sample_subset(jax.random.key(0), jnp.asarray(labels), 50)
+    rows, unl, lab = (np.asarray(v) for v in gcnal.graph_nodes(idx, valid, jnp.asarray(labels), 100))
+    assert rows.shape == unl.shape == lab.shape == (100,)
+    np.testing.assert_array_equal(rows[unl], np.asarray(idx)[np.asarray(valid)])  # the subset, in its order
+    np.testing.assert_array_equal(rows[lab], np.flatnonzero(labels >= 0))  # every labelled row
+    assert unl.sum() == 50 and lab.sum() == 30 and not (unl & lab).any()
+    assert not (unl | lab)[80:].any()  # padding
+
+
+def test_rows_outside_the_graph_do_not_matter():
+    # 90 unlabelled rows, a subset of 60: the other 30 never enter the graph.
+    x, labels = random_pool(4, 30)
+    key = jax.random.key(5)
+    idx, valid = gcnal.sample_subset(jax.random.split(key)[0], jnp.asarray(labels), SETTINGS["subset_size"])
+    outside = (labels < 0) & ~np.isin(np.arange(N), np.asarray(idx)[np.asarray(valid)])
+    assert outside.sum() == 30
+    moved = x.copy()
+    moved[outside] = 50.0 * np.random.default_rng(0).normal(size=(30, DIM))
+    for method in ("core", "uncertain"):
+        a = np.asarray(strategy(method).query(key, view_of(x, labels)).selected)
+        b = np.asarray(strategy(method).query(key, view_of(moved, labels)).selected)
+        np.testing.assert_array_equal(a, b)
+        assert not outside[a].any()
+
+
+def test_graph_size_follows_the_labelled_rows(monkeypatch):
+    # Room for 32 * 4^k labelled rows: graphs of 52 rows, then the pool (120), one branch each.
+    monkeypatch.setattr(gcnal, "LABELLED_BLOCK", 32)
+    sizes, train = [], gcnal.train_gcn
+
+    def spy(key, x, *args, **kwargs):
+        sizes.append(x.shape[0])
+        return train(key, x, *args, **kwargs)
+
+    monkeypatch.setattr(gcnal, "train_gcn", spy)
+    query = gcnal.make_gcnal(budget=4, num_classes=3, method="uncertain", subset_size=20, train_steps=5).query
+    for labelled in (5, 70):  # the graph needs 25 rows, then 90
+        x, labels = random_pool(6, labelled)
+        a = np.asarray(query(jax.random.key(labelled), view_of(x, labels)).selected)
+        assert len(set(a.tolist())) == 4 and np.all(labels[a] == -1)
+        np.testing.assert_array_equal(a, np.asarray(query(jax.random.key(labelled), view_of(x, labels)).selected))
+    assert sorted(sizes) == [52, 120]  # traced once per capacity; a few labelled rows never need the pool
+
+
+def test_graph_matches_the_node_mask_over_the_pool():
+    # Gathering the nodes changes nothing but the order of sums: the GCN on the compact
+    # graph equals the GCN over the whole pool with non-nodes masked (no dropout).
+    x, labels = random_pool(7, 30)
+    idx, valid = gcnal.sample_subset(jax.random.key(1), jnp.asarray(labels), 40)
+    rows, unl, lab = gcnal.graph_nodes(idx, valid, jnp.asarray(labels), N)  # 70 nodes, 50 rows of padding
+    train = jax.jit(functools.partial(gcnal.train_gcn, dropout_rate=0.0, train_steps=20))  # one shape: one compile
+    z_graph, _, _ = train(jax.random.key(2), gcnal.normalise_rows(jnp.asarray(x)[rows]), lab, unl)
+    pool_unl = jnp.zeros(N, bool).at[idx].set(valid)
+    z_pool, _, _ = train(jax.random.key(2), gcnal.normalise_rows(jnp.asarray(x)), jnp.asarray(labels) >= 0, pool_unl)
+    nodes = np.asarray(unl | lab)
+    np.testing.assert_allclose(np.asarray(z_graph)[nodes], np.asarray(z_pool)[np.asarray(rows)[nodes]], atol=1e-4)

@@ -1,6 +1,6 @@
 """k-means on device (alfamix_jax.selection.kmeans): quality against scikit-learn,
 the picks, the fixed-size buffer with `n_valid` real rows, determinism, and
-no recompilation when `n_valid` changes."""
+no recompilation when `n_valid` changes; the selection's gather of that buffer."""
 import functools
 
 import jax
@@ -12,6 +12,8 @@ from sklearn.datasets import make_blobs
 from support import count_compiles
 
 from alfamix_jax import kmeans
+from alfamix_jax.selection.diversity import _gather_points, normalise_rows_l2
+from alfamix_jax.selection.layout import Rows
 
 SEEDS = range(5)
 
@@ -155,3 +157,16 @@ def test_duplicate_points_leave_clusters_empty():
     # Every point sits on its centre; the float32 distance |x|^2 - 2 x.c + |c|^2 cancels to
     # within a few ulp of |x|^2 (about 4 here) per point, so 30 points sum to <= 1e-4.
     assert float(result.inertia) == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("n_valid", [500, 1500], ids=["small-prefix", "whole-buffer"])
+def test_the_buffer_gather_reads_the_real_rows(n_valid):
+    # A 2000-row buffer: 500 real rows are gathered as a 1024-row prefix, 1500 as the whole.
+    rng = np.random.default_rng(0)
+    embeddings = jnp.asarray(rng.normal(size=(3000, 8)).astype(np.float32))
+    rows = jnp.asarray(rng.permutation(3000)[:2000].astype(np.int32))
+    gather = jax.jit(lambda e, r, n: _gather_points(Rows(None), e, r, n, normalise=True))
+    x = np.asarray(gather(embeddings, rows, n_valid))
+    want = np.asarray(normalise_rows_l2(embeddings[rows]))
+    assert x.shape == (2000, 8)
+    np.testing.assert_array_equal(x[:n_valid], want[:n_valid])

@@ -1,7 +1,9 @@
 """The default k-means seeding (alfamix_jax.selection.kmeans.sampled_kmeans_plus_plus: greedy
-k-means++ over a uniform sample of 8 rows per centre): distinct centres from the real rows,
-one result per key, and inertia after Lloyd within 1% of scikit-learn's where the sample is
-smaller than the buffer. The exact seeding stays available (`seeding="exact"`)."""
+k-means++ over a uniform sample of 8 rows per centre, distances from the sample's Gram matrix):
+distinct centres from the real rows (on a small prefix, the whole sample, and past the Gram
+matrix's size limit), one result per key, and inertia after Lloyd within 1% of scikit-learn's
+where the sample is smaller than the buffer. Its pieces: prefix sums, the Gram matrix over the
+real rows. The exact seeding stays available (`seeding="exact"`)."""
 import functools
 
 import jax
@@ -11,7 +13,14 @@ import pytest
 from sklearn.cluster import KMeans
 
 from alfamix_jax import kmeans
-from alfamix_jax.selection.kmeans import _uniforms, sample_size, sampled_kmeans_plus_plus
+from alfamix_jax.selection.kmeans import (
+    _GRAM_MAX,
+    _gram,
+    _prefix_sums,
+    _uniforms,
+    sample_size,
+    sampled_kmeans_plus_plus,
+)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "seeding"))
@@ -22,7 +31,7 @@ def kmeans_jit(key, x, n_valid, k, seeding="sample"):
 seed_jit = jax.jit(sampled_kmeans_plus_plus, static_argnames=("k", "sample"))
 
 
-def pool_rows(seed, n=4000, dim=32, classes=10):
+def pool_rows(seed, n=10000, dim=32, classes=10):
     """Rows as the benchmark pool draws them (class means * 0.25 + unit noise), L2-normalised,
     as the selection clusters them."""
     rng = np.random.RandomState(seed)
@@ -32,14 +41,15 @@ def pool_rows(seed, n=4000, dim=32, classes=10):
 
 
 def test_the_sample_is_smaller_than_the_buffer_here():
-    assert sample_size(100) < 2500 < 4000
+    assert sample_size(100) < 9000 < 10000
 
 
-@pytest.mark.parametrize("n_valid,k", [(2500, 100), (300, 60)], ids=["sampled", "all-rows"])
-def test_k_distinct_centres_from_the_real_rows(n_valid, k):
-    x = pool_rows(0, n=3000)
+@pytest.mark.parametrize("n_valid,k,sample", [(9000, 100, None), (250, 60, None), (2500, 30, _GRAM_MAX + 1)],
+                         ids=["sampled", "all-rows-on-a-prefix", "past-the-gram-limit"])
+def test_k_distinct_centres_from_the_real_rows(n_valid, k, sample):
+    x = pool_rows(0, n=10000 if sample is None else sample + 100, dim=32 if sample is None else 8)
     x[n_valid:] = 50.0  # far away: would be drawn first if rows past n_valid counted
-    centres = np.asarray(seed_jit(jax.random.key(3), jnp.asarray(x), n_valid, k=k))
+    centres = np.asarray(seed_jit(jax.random.key(3), jnp.asarray(x), n_valid, k=k, sample=sample))
     assert centres.shape == (k, x.shape[1])
     rows = [np.flatnonzero(np.all(x[:n_valid] == c, axis=1)) for c in centres]
     assert all(len(r) == 1 for r in rows), "a centre that is not one real row"
@@ -56,7 +66,7 @@ def test_same_key_same_centres_other_key_others():
 
 
 def test_inertia_within_one_percent_of_scikit_learn():
-    # 4000 rows, k = 100: the seeding sees a 2048-row sample; Lloyd then sees every row.
+    # 10,000 rows, k = 100: the seeding sees an 8192-row sample; Lloyd then sees every row.
     ours, theirs = [], []
     for seed in range(3):
         x = pool_rows(seed)
@@ -82,3 +92,16 @@ def test_uniforms_are_uniform_and_keyed():
     assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
     other = np.asarray(_uniforms(jax.random.key(1), 100_000))
     assert np.mean(u == other) < 0.001
+
+
+def test_prefix_sums_are_cumsum():
+    v = np.random.default_rng(0).uniform(size=1024).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(jax.jit(_prefix_sums)(jnp.asarray(v))), np.cumsum(v, dtype=np.float64),
+                               rtol=1e-5)
+
+
+def test_the_gram_matrix_covers_the_real_rows():
+    x = np.random.default_rng(1).normal(size=(512, 16)).astype(np.float32)
+    g = np.asarray(jax.jit(_gram)(jnp.asarray(x), 300))
+    np.testing.assert_allclose(g[:300, :300], x[:300] @ x[:300].T, rtol=1e-4, atol=1e-4)
+    assert np.all(g[384:] == 0)  # panels of 128 rows past the real ones: not computed

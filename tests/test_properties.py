@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import oracle
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from support import make_pool
 
@@ -192,6 +192,10 @@ def test_fast_path_equals_general_path(pool, seed):
         x, labels, oracle.linear_head(head.weight, head.bias), NUM_CLASSES, BUDGET, oracle.default_caps(0.2),
         literal=False, require_direction=True,
     )
+    # A pool where the oracle cannot tell over 10% of the rows (float32 near-ties; e.g. one
+    # labelled row at sep 1.0, seed 2**31 - 1) proves nothing either way: draw another.
+    _, hi = oracle.caps_tried_range(expected, BUDGET)
+    assume(expected.ambiguous[:hi].any(axis=0).sum() <= 0.1 * N)
     for result in (fast, general):
         oracle.compare(result.candidates, result.diagnostics.caps_tried, expected, BUDGET,
                        max_ambiguous_fraction=0.1)

@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from support import CLI_CONFIG, cli_run  # noqa: F401 (CLI_CONFIG re-exported)
 
 from alfamix_jax.experiment.config import (
     DataConfig,
@@ -169,28 +170,8 @@ def test_warm_start_resumes_identically(tmp_path):
     assert without_timing(resumed) == without_timing(whole)
 
 
-CLI_CONFIG = """
-from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
-from alfamix_jax.experiment.training import TrainConfig
-
-def get_config():
-    return ExperimentConfig(
-        name="killable",
-        data=DataConfig(name="digits", max_train=400, max_test=100),
-        model=ModelConfig(name="mlp", embed_dim=32),
-        train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=40),
-        loop=LoopConfig(initial_size=20, budget=10, rounds=4),
-        strategies=("alfamix", "random"),
-        seeds=(1, 2),
-    )
-"""
-
-
 def _cli(config_path, workdir, **kwargs):
-    cmd = [sys.executable, "-m", "alfamix_jax.cli", "run", "--config", str(config_path), "--workdir", str(workdir),
-           "--no-progress", "--no-report", "--no-compile-cache"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kwargs)
+    return cli_run("--config", config_path, "--workdir", workdir, "--no-progress", **kwargs)
 
 
 def _rows_written(workdir):
@@ -201,13 +182,9 @@ def _rows_written(workdir):
         return 0
 
 
-def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
-    config_path = tmp_path / "killable.py"
-    config_path.write_text(CLI_CONFIG)
-    whole = _cli(config_path, tmp_path / "whole")
-    out, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err.decode()[-2000:]
-
+def test_resume_after_kill_9_equals_uninterrupted(killable_whole, tmp_path):
+    """`killable_whole` (conftest.py) is the uninterrupted run of the same config."""
+    config_path = killable_whole / "killable.py"
     workdir = tmp_path / "killed"
     for kill_after_rows in (3, 9, 14):  # inside the first run, at a run boundary, in the last runs
         proc = _cli(config_path, workdir)
@@ -218,13 +195,13 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
         proc.communicate()
     finish = _cli(config_path, workdir)
     _, err = finish.communicate(timeout=300)
-    assert finish.returncode == 0, err.decode()[-2000:]
+    assert finish.returncode == 0, err[-2000:]
 
-    expected = without_timing(read_csv(tmp_path / "whole" / "results.csv"))
+    expected = without_timing(read_csv(killable_whole / "w" / "results.csv"))
     got = without_timing(read_csv(workdir / "results.csv"))
     assert got == expected  # nothing lost, nothing duplicated, same numbers
     config = load_config(str(config_path))
-    a, b = labelled_masks(tmp_path / "whole", config), labelled_masks(workdir, config)
+    a, b = labelled_masks(killable_whole / "w", config), labelled_masks(workdir, config)
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -320,15 +297,33 @@ def _run_cli(*args, timeout=120):
     (["train.nonsense=1"], "nonsense"),
     (["loop.rounds=x"], "loop.rounds"),
 ])
-def test_bad_configs_fail_fast_with_a_clear_message(tmp_path, overrides, message):
+def test_bad_configs_fail_fast_with_a_clear_message(tmp_path, capsys, overrides, message):
+    """In process (the command's own main); test_a_bad_config_fails_fast_in_a_fresh_process runs one as a command."""
+    from alfamix_jax.cli import main
+
     sets = [a for o in overrides for a in ("--set", o)]
     start = time.time()
-    result = _run_cli("run", "--config", "demo", "--workdir", str(tmp_path / "w"), "--no-progress", *sets)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    try:
+        code = main(["run", "--config", "demo", "--workdir", str(tmp_path / "w"), "--no-progress", *sets])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
     assert time.time() - start < 60
     assert not (tmp_path / "w").exists()  # nothing was run, nothing written
+
+
+def test_a_bad_config_fails_fast_in_a_fresh_process(tmp_path):
+    start = time.time()
+    result = _run_cli("run", "--config", "demo", "--workdir", str(tmp_path / "w"), "--no-progress",
+                      "--set", "loop.budget=5000")  # the data-dependent check: it reads the pool's size
+    assert result.returncode == 2, result.stderr
+    assert "loop.budget" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.time() - start < 60
+    assert not (tmp_path / "w").exists()
 
 
 def test_workdir_refuses_a_different_config(tmp_path):
@@ -370,15 +365,18 @@ def test_shipped_configs_load_and_state_their_command():
     assert fm.data.normalisation == "mnist" and fm.loop.initial_mode == "original"
 
 
-def test_report_command_reads_a_workdir(tmp_path):
+def test_report_command_reads_a_workdir(tmp_path, capsys):
+    """In process (the command's own main: the `python -m alfamix_jax.cli` entry is run by the tests above)."""
+    from alfamix_jax.cli import main
+
     config = small_config(strategies=("random", "entropy"), seeds=(1, 2))
     run_experiment(config, str(tmp_path), **QUIET)
-    result = _run_cli("report", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "random" in result.stdout and "entropy" in result.stdout
+    assert main(["report", str(tmp_path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "random" in out and "entropy" in out
     assert any(f.endswith(".png") for f in os.listdir(tmp_path / "report"))
-    missing = _run_cli("report", str(tmp_path / "nothing"))
-    assert missing.returncode == 2 and "no such directory" in missing.stderr
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
 
 
 

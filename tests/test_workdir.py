@@ -6,14 +6,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
-from test_runner import CLI_CONFIG, QUIET, labelled_masks, read_csv, small_config, without_timing
+from support import CLI_CONFIG, cli_run
+from test_runner import QUIET, labelled_masks, read_csv, small_config, without_timing
 
 from alfamix_jax.cli import main
 from alfamix_jax.experiment.checkpoint import finished_steps
@@ -25,21 +24,13 @@ from alfamix_jax.files import write_atomic
 TWO_BY_TWO = dict(strategies=("alfamix", "random"), seeds=(1, 2), loop=LoopConfig(initial_size=20, budget=10, rounds=2))
 
 
-def _cli(*args, **kwargs):
-    cmd = [sys.executable, "-m", "alfamix_jax.cli", "run", *map(str, args), "--no-report", "--no-compile-cache"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"), **kwargs)
+_cli = cli_run
 
 
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory):
-    """An uninterrupted run of CLI_CONFIG (2 strategies x 2 seeds x 5 rounds): the reference."""
-    path = tmp_path_factory.mktemp("whole")
-    (path / "killable.py").write_text(CLI_CONFIG)
-    proc = _cli("--config", path / "killable.py", "--workdir", path / "w", "--no-progress")
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-2000:]
-    return path
+@pytest.fixture
+def whole(killable_whole):
+    """The uninterrupted run of CLI_CONFIG (2 strategies x 2 seeds x 5 rounds, conftest.py): the reference."""
+    return killable_whole
 
 
 # --------------------------------------------------------------------------- concurrent runs

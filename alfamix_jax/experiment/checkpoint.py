@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -84,6 +85,18 @@ def read_latest_meta(directory: str) -> tuple[dict | None, list[str]]:
     return None, problems
 
 
+def finish_background_writes(timeout: float = 60.0) -> None:
+    """Wait (at most `timeout` seconds in all) for the Python threads other than this one
+    that would keep the interpreter alive. orbax finishes a step's metadata on a thread of
+    its own; a Ctrl-C or SIGTERM can leave one running, and at interpreter exit it dies
+    with a traceback on stderr ("cannot schedule new futures after shutdown"). Called on
+    the interrupt path only, before the one-line message and the exit."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class RunCheckpointer:
     """Saves and restores the state of one (strategy, seed) run. Open one only while holding
     the run's lock: opening removes orbax's temporary directories, and a save in flight has one."""
@@ -108,8 +121,22 @@ class RunCheckpointer:
         args = self._ocp.args.Composite(
             arrays=self._ocp.args.StandardSave(arrays), meta=self._ocp.args.JsonSave(meta)
         )
-        self._manager.save(round_index, args=args, force=True)
-        self._manager.wait_until_finished()
+        interrupt = None
+        try:
+            self._manager.save(round_index, args=args, force=True)
+        except KeyboardInterrupt as e:  # Ctrl-C or runner.Terminated mid-save
+            interrupt = e
+        # orbax writes the step's metadata on a thread of its own even when saving
+        # synchronously; interrupted, that thread would die at interpreter exit with a
+        # traceback. Let it finish first, then pass the interrupt on.
+        while True:
+            try:
+                self._manager.wait_until_finished()
+                break
+            except KeyboardInterrupt as e:
+                interrupt = interrupt or e
+        if interrupt is not None:
+            raise interrupt
 
     def latest(self, template=None) -> Restored | None:
         """The newest step that reads back whole, or None. An unreadable newer step is moved

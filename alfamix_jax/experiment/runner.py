@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alfamix_jax.experiment.checkpoint import RunCheckpointer
+from alfamix_jax.experiment.checkpoint import RunCheckpointer, finish_background_writes
 from alfamix_jax.experiment.config import ExperimentConfig
 from alfamix_jax.experiment.config_checks import check_config, check_pool
 from alfamix_jax.experiment.workdir import (
@@ -345,6 +345,7 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, strategies: Sequen
         with reporter:
             _run_all(bench, workdir, todo, records, reporter, where, wait=wait, on_round=on_round)
     except KeyboardInterrupt as e:
+        finish_background_writes()
         raise _interrupted(e, where["run"], records) from None
     return [r for run in runs for r in records[run]]
 

@@ -82,6 +82,29 @@ def kmeans_buffer(layout: Layout, key: jax.Array, candidates: jax.Array, capacit
         candidates, priority)
 
 
+_GATHER_SIZES = (1024, 8192)  # row counts of the smaller gathers (`_gather_points`)
+
+
+def _gather_points(rows: Rows, embeddings: jax.Array, buffer_rows: jax.Array, n_valid: jax.Array,
+                   normalise: bool) -> jax.Array:
+    """embeddings [N, D] at buffer_rows [C] (the first n_valid real), L2-normalised unless
+    normalise=False, zero past the gathered rows. -> x [C, D]. Only the smallest of a few
+    static prefixes that holds the real rows is gathered (`lax.switch`): on a CPU a
+    20,000 x 512 row gather and its normalising cost ~50 ms, k-means on 600 of them less."""
+    capacity = buffer_rows.shape[0]
+
+    def prefix(size: int) -> jax.Array:
+        x = rows.gather(embeddings, buffer_rows[:size])  # [size, D]
+        x = normalise_rows_l2(x) if normalise else x
+        return jnp.pad(x, ((0, capacity - size), (0, 0)))
+
+    sizes = [s for s in _GATHER_SIZES if s < capacity] + [capacity]
+    if len(sizes) == 1:
+        return prefix(capacity)
+    branch = jnp.searchsorted(jnp.asarray(sizes[:-1]), n_valid, side="left")
+    return jax.lax.switch(branch, [functools.partial(prefix, s) for s in sizes])
+
+
 def kmeans_picks(layout: Layout, key: jax.Array, embeddings: jax.Array | None, candidates: jax.Array, budget: int, *,
                  capacity: int, kmeans_kwargs: dict[str, Any], normalise: bool = True,
                  buffer: KMeansBuffer | None = None) -> tuple[jax.Array, Clustering]:
@@ -94,14 +117,15 @@ def kmeans_picks(layout: Layout, key: jax.Array, embeddings: jax.Array | None, c
     if buffer is None:
         assert embeddings is not None, "kmeans_picks: give the embeddings or a buffer already read"
         buffer_rows, n_valid = kmeans_buffer(layout, subsample_key, candidates, capacity)
-        x = layout.gather(embeddings, buffer_rows)
+        x = layout.run(functools.partial(_gather_points, normalise=normalise), (ROW, WHOLE, WHOLE), WHOLE)(
+            embeddings, buffer_rows, n_valid)
     else:
         (buffer_rows, n_valid), x = buffer
+        x = normalise_rows_l2(x) if normalise else x
 
     def cluster(rows: Rows, key: jax.Array, x: jax.Array, buffer_rows: jax.Array,
                 n_valid: jax.Array) -> tuple[jax.Array, Clustering]:
-        points = normalise_rows_l2(x) if normalise else x
-        result = kmeans(key, points, n_valid, budget, axis_name=rows.axis, **kmeans_kwargs)
+        result = kmeans(key, x, n_valid, budget, axis_name=rows.axis, **kmeans_kwargs)
         picks = jnp.where(result.picks >= 0, buffer_rows[jnp.maximum(result.picks, 0)], -1)
         return picks, Clustering(result.iterations, result.inertia.astype(jnp.float32), n_valid)
 

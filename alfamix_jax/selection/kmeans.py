@@ -7,21 +7,23 @@ NumPy RNG, and spends most of its time in k-means++ seeding (23-34 s for
 
 Seeding (`kmeans(seeding=)`):
 - "sample" (the default): greedy k-means++ (scikit-learn's variant, 2 + log k
-  local trials per centre) over a uniform random sample of 8 rows per centre
-  (`sampled_kmeans_plus_plus`), as scikit-learn's MiniBatchKMeans seeds from a
-  sample. The k sequential steps read the sample, which stays in cache, not
-  the buffer; the Lloyd passes then see every row. Its randomness is drawn
-  before the loop from a small counter hash of the key, and its loop body is a
-  handful of ops, so it compiles in a fraction of the exact seeding's time.
+  local trials per centre) over a uniform random sample of 8 rows per centre,
+  at least 8192 (`sampled_kmeans_plus_plus`), as scikit-learn's MiniBatchKMeans
+  seeds from a sample; all the rows when there are no more. The sample's Gram
+  matrix is built from products over panels of its real rows only; the k
+  sequential steps then only look distances up in it (no pass over the rows
+  per step). Its randomness is drawn before the loop from a small counter hash
+  of the key, so the program stays small.
 - "exact": the same greedy k-means++ over the whole buffer
   (`kmeans_plus_plus`), each step scoring all its trials with one
   [M, D] x [D, trials] product; k sequential passes over the buffer.
 
 The points live in a fixed-size buffer `x [M, D]` whose first `n_valid` rows
 are real (`n_valid` is a traced scalar). Lloyd passes loop over the occupied
-row blocks only; the exact seeding runs on the smallest of a few static
-prefixes that holds them. So the work follows the number of points actually
-there, while shapes stay static and nothing recompiles when that number changes.
+row blocks only, in sub-blocks of at most 256 rows; the seeding, when there
+are at most 2k rows, runs on a static prefix of 2k rows. So the work follows the
+number of points actually there, while shapes stay static and nothing
+recompiles when that number changes.
 """
 import math
 from typing import NamedTuple
@@ -113,11 +115,22 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: 
     return jax.lax.switch(jnp.minimum(branch, len(prefixes) - 1), branches)
 
 
+
 def sample_size(k: int) -> int:
-    """Rows the default seeding draws its sample of: 8 per centre, at least 2048. Fewer
-    lose clusters: on 200 separated blobs with k = 200, 4 per centre left the inertia
-    2x scikit-learn's, 8 matched it."""
-    return max(8 * k, 2048)
+    """Rows the default seeding draws its sample of: 8 per centre, at least 8192. Fewer
+    lose clusters: on 200 separated blobs (20,000 x 64, k = 200), over 30 seeds a 2048-row
+    sample missed a blob in 16 runs, 4096 rows in 10, 8064 in 3, scikit-learn on every row
+    in 8."""
+    return max(8 * k, 8192)
+
+
+_TILE = 128  # rows per tile of the seeding's Gram matrix and its prefix sums
+_GRAM_MAX = 8192  # the largest sample whose Gram matrix is built (256 MiB); past it, distances per step
+_SUB = 256  # most rows per Lloyd sub-block: a small pool costs its rows, not the block size
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
 
 
 def _mix32(h: jax.Array) -> jax.Array:
@@ -130,7 +143,7 @@ def _mix32(h: jax.Array) -> jax.Array:
 def _uniforms(key: jax.Array, n: int) -> jax.Array:
     """n uniforms in [0, 1) from the key: its words hashed with a counter. A statistically
     sound stream for sampling (not for cryptography) that compiles to one small fusion,
-    where `jax.random.uniform`'s threefry costs ~0.5 s of compile on CPU. -> [n] float32."""
+    where `jax.random.uniform`'s threefry costs ~0.3 s of compile on CPU. -> [n] float32."""
     words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     h = jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
     for w in words.reshape(-1).astype(jnp.uint32):  # 2 words (threefry keys), 4 (rbg)
@@ -138,41 +151,68 @@ def _uniforms(key: jax.Array, n: int) -> jax.Array:
     return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
-def _seed_sample(u: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: int) -> jax.Array:
-    """Greedy k-means++ over x [S, D] whose first n_valid rows are real, its randomness
-    drawn ahead: u [k, T] uniforms in [0, 1) (T = 2 + log k trials; u[0, 0] picks the
-    first centre). Rows past n_valid start, and so stay, at distance 0: they are never
-    drawn and add nothing, with no masks in the loop. -> centres [k, D]."""
-    m = x.shape[0]
+def _prefix_sums(v: jax.Array) -> jax.Array:
+    """Inclusive prefix sums of v [P] (P a multiple of _TILE) as two products with
+    triangular ones: `jnp.cumsum` lowers to an associative scan on CPU, ~0.25 s of
+    compile per call site. -> [P]."""
+    tiles = v.reshape(-1, _TILE)  # [P / TILE, TILE]
+    upper = jnp.triu(jnp.ones((_TILE, _TILE), v.dtype))
+    within = jnp.dot(tiles, upper, precision="highest")  # [P / TILE, TILE] sums inside each tile
+    n = tiles.shape[0]
+    before = jnp.dot(within[:, -1], jnp.triu(jnp.ones((n, n), v.dtype), 1), precision="highest")  # [P / TILE]
+    return (within + before[:, None]).reshape(-1)
+
+
+def _gram(xs: jax.Array, n_valid: jax.Array | int) -> jax.Array:
+    """xs [P, D] -> xs xs^T [P, P], only the row panels over the first n_valid rows
+    computed (the rest zero): a few real rows cost a few rows, whatever P."""
+    p = xs.shape[0]
+
+    def panel(i: jax.Array, g: jax.Array) -> jax.Array:
+        rows = jax.lax.dynamic_slice_in_dim(xs, i * _TILE, _TILE)
+        return jax.lax.dynamic_update_slice_in_dim(g, jnp.dot(rows, xs.T, precision="highest"), i * _TILE, 0)
+
+    return jax.lax.fori_loop(0, (n_valid + _TILE - 1) // _TILE, panel, jnp.zeros((p, p), xs.dtype))
+
+
+def _greedy(u: jax.Array, xs: jax.Array, n_valid: jax.Array | int, k: int, gram: bool) -> jax.Array:
+    """Greedy k-means++ over xs [P, D] (P a multiple of _TILE) whose first n_valid rows
+    are real, its randomness drawn ahead: u [k, T] uniforms in [0, 1) (T trials; u[0, 0]
+    picks the first centre). gram: look distances up in the Gram matrix, else compute
+    them each step. Rows past n_valid are zeroed and start, so stay, at distance 0:
+    never drawn, adding nothing. -> [k] int32 rows of xs."""
+    p = xs.shape[0]
+    valid = jnp.arange(p) < n_valid
+    xs = jnp.where(valid[:, None], xs, 0.0)
     last = jnp.maximum(n_valid, 1) - 1
-    sq_x = jnp.sum(x * x, axis=-1)  # [S]
-    first = jnp.minimum((u[0, 0] * (last + 1)).astype(jnp.int32), last)
-    mind = jnp.where(jnp.arange(m) < n_valid, jnp.sum((x - x[first]) ** 2, axis=-1), 0.0)  # [S]
-    chosen = jnp.zeros((k,), jnp.int32).at[0].set(first)
-    quarter = m // 4
+    sq = jnp.sum(xs * xs, axis=-1)  # [P]
+    g = _gram(xs, n_valid) if gram else None
 
     def dists(c: jax.Array) -> jax.Array:
-        """[T, D] -> [S, T] distances to every row; 0 past the first quarter when
-        n_valid fits there (a nearly empty buffer costs its content, not its size)."""
-        def prefix(rows: int) -> jax.Array:
-            return jnp.pad(_sq_dists(x[:rows], sq_x[:rows], c), ((0, m - rows), (0, 0)))
+        """[T] rows -> [T, P] squared distances from each to every row."""
+        cross = g[c] if g is not None else jnp.dot(xs[c], xs.T, precision="highest")
+        return jnp.maximum(sq[c][:, None] - 2.0 * cross + sq[None, :], 0.0)
 
-        if quarter < 256:
-            return prefix(m)
-        return jax.lax.cond(n_valid <= quarter, lambda: prefix(quarter), lambda: prefix(m))
+    first = jnp.minimum((u[0, 0] * (last + 1)).astype(jnp.int32), last)
+    mind = jnp.where(valid, dists(first[None])[0], 0.0)  # [P]
 
     def step(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         chosen, mind = carry
-        cdf = jnp.cumsum(mind)
+        cdf = _prefix_sums(mind)
         # D^2 draws by inverse CDF, searched as a count. All distances 0 (no more distinct
         # rows than centres): the last real row, a repeat, as good as any.
         cands = jnp.minimum(jnp.sum(cdf[None, :] <= u[i][:, None] * cdf[-1], axis=1), last)  # [T]
-        new_mind = jnp.minimum(dists(x[cands]), mind[:, None])  # [S, T]
-        best = jnp.argmin(jnp.sum(new_mind, axis=0))
-        return chosen.at[i].set(cands[best]), new_mind[:, best]
+        new_mind = jnp.minimum(dists(cands), mind[None, :])  # [T, P]
+        best = jnp.argmin(jnp.sum(new_mind, axis=1))
+        return chosen.at[i].set(cands[best]), new_mind[best]
 
-    chosen, _ = jax.lax.fori_loop(1, k, step, (chosen, mind))
-    return x[chosen]
+    chosen, _ = jax.lax.fori_loop(1, k, step, (jnp.zeros((k,), jnp.int32).at[0].set(first), mind))
+    return chosen
+
+
+def _padded(x: jax.Array, rows: int) -> jax.Array:
+    """x [M, D] cut or zero-padded to [rows, D]."""
+    return x[:rows] if rows <= x.shape[0] else jnp.pad(x, ((0, rows - x.shape[0]), (0, 0)))
 
 
 def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: int, *,
@@ -181,15 +221,38 @@ def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | 
     uniform random sample of `sample` valid rows (default `sample_size(k)`; all of
     them when there are no more). x: [M, D], first n_valid rows real. -> centres [k, D].
 
-    The k sequential steps read the sample, not the buffer: at 65,536 x 128 and
-    k = 1000 that is 8,000 rows, which stay in cache. The Lloyd passes that follow
-    see every row; with 8 sampled rows per centre every region with mass is seeded."""
+    The sample's squared distances come from its Gram matrix, products over the row
+    panels of real rows only; the k sequential steps only look them up (unless that
+    costs more, see `gram`). When there are at most 2k real rows, the seeding runs on
+    the static prefix x[:2k] (chosen by `lax.cond`), so a small pool costs its rows."""
     m = x.shape[0]
     size = min(m, sample_size(k) if sample is None else sample)
     trials = 2 + int(math.log(k))
     u = _uniforms(key, m + k * trials)  # one draw: the sample's order, then the seeding's
-    rows = jnp.argsort(jnp.where(jnp.arange(m) < n_valid, u[:m], 2.0))[:size]  # valid rows first, shuffled
-    return _seed_sample(u[m:].reshape(k, trials), x[rows], jnp.minimum(n_valid, size), k)
+    seeds_u = u[m:].reshape(k, trials)
+    top = _round_up(size, _TILE)
+
+    def gram(p: int) -> bool:
+        """Build the Gram matrix of p rows (p^2 D), or compute each step's distances (k T p D)?
+        A whole product runs ~2x as fast as the steps' thin ones."""
+        return p <= _GRAM_MAX and p <= 2 * k * trials
+
+    def sampled() -> jax.Array:
+        order = jnp.argsort(jnp.where(jnp.arange(m) < n_valid, u[:m], 2.0))[:size]  # valid rows first, shuffled
+        rows = jnp.where(n_valid > size, order, jnp.arange(size))
+        xs = _padded(x[rows], top)
+        return xs[_greedy(seeds_u, xs, jnp.minimum(n_valid, size), k, gram(top))]
+
+    # k-means runs on more points than centres: up to 2k of them, the seeding runs on a prefix.
+    small = _round_up(max(2 * k, 2 * _TILE), _TILE)
+    if small >= top:
+        return sampled()
+
+    def prefix() -> jax.Array:
+        xs = _padded(x, small)
+        return xs[_greedy(seeds_u, xs, n_valid, k, gram(small))]
+
+    return jax.lax.cond(n_valid <= small, prefix, sampled)
 
 
 class _PassStats(NamedTuple):
@@ -200,31 +263,55 @@ class _PassStats(NamedTuple):
     best_d: jax.Array  # [k] squared distance of the nearest member (inf: none yet)
     best_i: jax.Array  # [k] int32 row of that member (ties: lowest row)
     inertia: jax.Array  # [] sum of squared distances to the assigned centre
+    shifted: jax.Array  # [D] sum of (row - x[0]): the spread's mean, taken about a row so it does not cancel
+    spread: jax.Array  # [] sum of |row - x[0]|^2
     assignment: jax.Array  # [M] int32 (a pass) or [size] (a block: its rows' clusters)
 
 
-def _block_stats(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
-                 j: jax.Array) -> _PassStats:
-    """Block j's share of an assignment pass (zero where its rows are not new and valid)."""
+def _sub_stats(x: jax.Array, centres: jax.Array, start: jax.Array, fresh: jax.Array, size: int) -> _PassStats:
+    """The share of rows x[start:start + size] where fresh [size] (zero elsewhere)."""
     m = x.shape[0]
     k = centres.shape[0]
-    start, rows, fresh = _block_rows(m, size, n_valid, j)
+    rows = start + jnp.arange(size)
     xb = jax.lax.dynamic_slice_in_dim(x, start, size)
-    d = _sq_dists(xb, jax.lax.dynamic_slice_in_dim(sq_x, start, size), centres)
+    d = _sq_dists(xb, jnp.sum(xb * xb, axis=-1), centres)
     a = jnp.argmin(d, axis=-1).astype(jnp.int32)
     own = jnp.where(fresh, jnp.min(d, axis=-1), jnp.inf)  # d[a]: the same value
     w = fresh.astype(x.dtype)
     block_d = jax.ops.segment_min(own, a, num_segments=k)
     is_min = fresh & (own == block_d[a])
     sums, counts = _cluster_sums(xb * w[:, None], w, a, k)
+    about = jnp.where(fresh[:, None], xb - x[0], 0.0)  # [size, D]
     return _PassStats(
         sums=sums,
         counts=counts,
         best_d=block_d,
         best_i=jax.ops.segment_min(jnp.where(is_min, rows, m), a, num_segments=k),
         inertia=jnp.sum(jnp.where(fresh, own, 0.0)),
+        shifted=jnp.sum(about, axis=0),
+        spread=jnp.sum(about * about),
         assignment=a,
     )
+
+
+def _block_stats(x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+                 j: jax.Array) -> _PassStats:
+    """Block j's share of an assignment pass (zero where its rows are not new and valid),
+    summed over its occupied sub-blocks of at most _SUB rows, in order: the same sums
+    whichever device computes the block."""
+    m, dim = x.shape
+    start, _, _ = _block_rows(m, size, n_valid, j)
+    sub = min(size, _SUB)
+    first, end = j * size - start, jnp.minimum(n_valid, start + size) - start  # its new rows, block-relative
+
+    def body(s: jax.Array, total: _PassStats) -> _PassStats:
+        offset = jnp.minimum(s * sub, size - sub)
+        rows = offset + jnp.arange(sub)
+        fresh = (rows >= s * sub) & (rows >= first) & (rows < end)
+        return _combine(total, _sub_stats(x, centres, start + offset, fresh, sub), offset, fresh)
+
+    init = _empty_pass(size, dim, centres.shape[0], x.dtype)
+    return jax.lax.fori_loop(first // sub, (end + sub - 1) // sub, body, init)
 
 
 def _cluster_sums(xw: jax.Array, w: jax.Array, a: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -242,23 +329,31 @@ def _cluster_sums(xw: jax.Array, w: jax.Array, a: jax.Array, k: int) -> tuple[ja
     return sums[:, :-1], sums[:, -1]
 
 
-def _combine(total: _PassStats, block: _PassStats, j: jax.Array, size: int, n_valid: jax.Array | int) -> _PassStats:
-    """Add block j to the running totals. Blocks are always added in block
-    order, so the float sums do not depend on where the blocks were computed."""
-    m = total.assignment.shape[0]
-    start, _, fresh = _block_rows(m, size, n_valid, j)
-    better = block.best_d < total.best_d  # a tie keeps the earlier block's (lower) row
-    previous = jax.lax.dynamic_slice_in_dim(total.assignment, start, size)
+def _combine(total: _PassStats, part: _PassStats, offset: jax.Array, fresh: jax.Array) -> _PassStats:
+    """Add a part (a block, or a sub-block of one) whose rows start at `offset` of total's
+    assignment and count where fresh [size]. Parts are always added in row order, so
+    the float sums do not depend on where they were computed."""
+    size = part.assignment.shape[0]
+    better = part.best_d < total.best_d  # a tie keeps the earlier part's (lower) row
+    previous = jax.lax.dynamic_slice_in_dim(total.assignment, offset, size)
     return _PassStats(
-        sums=total.sums + block.sums,
-        counts=total.counts + block.counts,
-        best_d=jnp.where(better, block.best_d, total.best_d),
-        best_i=jnp.where(better, block.best_i, total.best_i),
-        inertia=total.inertia + block.inertia,
+        sums=total.sums + part.sums,
+        counts=total.counts + part.counts,
+        best_d=jnp.where(better, part.best_d, total.best_d),
+        best_i=jnp.where(better, part.best_i, total.best_i),
+        inertia=total.inertia + part.inertia,
+        shifted=total.shifted + part.shifted,
+        spread=total.spread + part.spread,
         assignment=jax.lax.dynamic_update_slice_in_dim(
-            total.assignment, jnp.where(fresh, block.assignment, previous), start, axis=0
+            total.assignment, jnp.where(fresh, part.assignment, previous), offset, axis=0
         ),
     )
+
+
+def _add_block(total: _PassStats, block: _PassStats, j: jax.Array, size: int, n_valid: jax.Array | int) -> _PassStats:
+    """Add block j to a pass's totals."""
+    start, _, fresh = _block_rows(total.assignment.shape[0], size, n_valid, j)
+    return _combine(total, block, start, fresh)
 
 
 def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
@@ -268,22 +363,24 @@ def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
         best_d=jnp.full((k,), jnp.inf, dtype),
         best_i=jnp.full((k,), -1, jnp.int32),
         inertia=jnp.zeros((), dtype),
+        shifted=jnp.zeros((dim,), dtype),
+        spread=jnp.zeros((), dtype),
         assignment=jnp.full((m,), -1, jnp.int32),
     )
 
 
-def _assign_pass(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+def _assign_pass(x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
                  num_blocks: jax.Array | int) -> _PassStats:
     """One pass over the occupied blocks, in order, on this device."""
     m, dim = x.shape
 
     def body(j: jax.Array, total: _PassStats) -> _PassStats:
-        return _combine(total, _block_stats(x, sq_x, n_valid, centres, size, j), j, size, n_valid)
+        return _add_block(total, _block_stats(x, n_valid, centres, size, j), j, size, n_valid)
 
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, centres.shape[0], x.dtype))
 
 
-def _sharded_assign_pass(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+def _sharded_assign_pass(x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
                          num_blocks: jax.Array | int, axis_name: str) -> _PassStats:
     """The same pass with its blocks split over the devices of `axis_name`
     (inside shard_map; x replicated). Each device computes its share of the
@@ -300,7 +397,7 @@ def _sharded_assign_pass(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int
         # Blocks past the occupied ones (n_valid is traced) cost nothing.
         return jax.lax.cond(
             j < num_blocks,
-            lambda: _block_stats(x, sq_x, n_valid, centres, size, j),
+            lambda: _block_stats(x, n_valid, centres, size, j),
             lambda: _empty_pass(size, dim, k, x.dtype)._replace(assignment=jnp.zeros((size,), jnp.int32)),
         )
 
@@ -308,7 +405,7 @@ def _sharded_assign_pass(x: jax.Array, sq_x: jax.Array, n_valid: jax.Array | int
     every = jax.lax.all_gather(local, axis_name, tiled=True)  # [devices * slots, ...], in block order
 
     def body(j: jax.Array, total: _PassStats) -> _PassStats:
-        return _combine(total, jax.tree.map(lambda a: a[j], every), j, size, n_valid)
+        return _add_block(total, jax.tree.map(lambda a: a[j], every), j, size, n_valid)
 
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, k, x.dtype))
 
@@ -336,18 +433,15 @@ def kmeans(
     seeding: "sample" (greedy k-means++ over a uniform sample of `sample` rows,
     default `sample_size(k)`; see `sampled_kmeans_plus_plus`) or "exact" (over
     every row, `kmeans_plus_plus`).
+    block_size: rows per block of a Lloyd pass (each block in sub-blocks of at most
+    256 rows, so a few real rows cost a few rows, not a block).
     axis_name: inside `shard_map`, with x replicated on every device of that
     mesh axis, each Lloyd pass splits its row blocks over the devices (see
     `_sharded_assign_pass`); the seeding, k sequential steps, runs on every
     device alike. The result is the same on any number of devices."""
     m, _ = x.shape
     size, num_blocks = _blocks(m, block_size, n_valid)
-    sq_x = jnp.sum(x * x, axis=-1)
-    valid = (jnp.arange(m) < n_valid)[:, None]
     count = jnp.maximum(n_valid, 1).astype(x.dtype)
-    mean = jnp.sum(jnp.where(valid, x, 0.0), axis=0) / count
-    variance = jnp.sum(jnp.where(valid, (x - mean) ** 2, 0.0), axis=0) / count
-    threshold = tol * jnp.mean(variance)
 
     if seeding == "exact":
         centres = kmeans_plus_plus(key, x, n_valid, k)
@@ -365,14 +459,17 @@ def kmeans(
 
     def run_pass(centres: jax.Array) -> _PassStats:
         if axis_name is None:
-            return _assign_pass(x, sq_x, n_valid, centres, size, num_blocks)
-        return _sharded_assign_pass(x, sq_x, n_valid, centres, size, num_blocks, axis_name)
+            return _assign_pass(x, n_valid, centres, size, num_blocks)
+        return _sharded_assign_pass(x, n_valid, centres, size, num_blocks, axis_name)
 
     def body(state: _LloydState) -> _LloydState:
         _, i, centres, _ = state
         out = run_pass(centres)
         sums, counts = out.sums, out.counts
         new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+        # tol times the mean per-feature variance (scikit-learn's scale), from the pass's sums.
+        variance = jnp.maximum(out.spread - jnp.sum(out.shifted**2) / count, 0.0) / (count * x.shape[1])
+        threshold = tol * variance
         done = (jnp.sum((new - centres) ** 2) <= threshold) | (i + 1 >= max_iters)
         return done, i + 1, jnp.where(done, centres, new), out
 

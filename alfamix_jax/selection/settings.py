@@ -131,8 +131,8 @@ class LearnedAlphaSettings:
 class SelectorSettings:
     """How an ALFA-Mix selector selects (what), and its block sizes (how fast)."""
 
-    alpha: Part = _setting("closed-form", "the alpha rule: closed-form (paper eq. 5), random, learned (optax "
-                                          "Adam), or module:function")
+    alpha: Part = _setting("closed-form", "the alpha rule: closed-form (paper eq. 5), random, learned (Adam "
+                                          "steps), or module:function")
     compat: str = _setting("default", "default fixes the original's defects Q1-Q6; reference reproduces its "
                                       "semantics (one device)")
     alpha_cap_step: float = _setting(0.2, "caps tried: step, 2 step, ... up to 1 (reference: the original's "

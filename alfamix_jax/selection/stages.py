@@ -129,7 +129,7 @@ def make_plan(settings: SelectorSettings, *, budget: int, num_classes: int, head
         kmeans_kwargs=dict(max_iters=settings.kmeans_max_iters, tol=settings.kmeans_tol,
                            block_size=settings.kmeans_block_size or settings.block_size),
         fast_path=settings.linear_fast_path and head_apply is None and alpha == "closed-form" and not reference,
-        # Unlike the closed-form shortcut, these keep the reference arithmetic (and Adam reset, Q5).
+        # Unlike the closed-form shortcut, these keep the reference semantics (the same draws, Adam reset, Q5).
         linear_alpha=settings.linear_fast_path and head_apply is None and isinstance(alpha, str)
         and alpha in ("random", "learned"),
     )

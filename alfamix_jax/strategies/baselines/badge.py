@@ -124,8 +124,6 @@ def badge_select(key, logits, embeddings, labels, budget: int, *, include_bias: 
     open_ = open_.at[first].set(False)
     d0 = sq_dists_to_row(a, z, sq_z, first, include_bias=include_bias)  # [N]
     log_d = jnp.log(jnp.where(open_, d0, 0.0))  # [N], -inf where closed or at distance 0
-    # Step 0 of the lazy greedy must take `first` (the norm argmax, no draw): +inf tops any noise.
-    log_d = log_d.at[first].set(jnp.inf)
 
     def row_dists(row, cents):  # log D^2 to W centres: [W]
         return jnp.log(_dists_to_centres(row, cents, include_bias=include_bias))
@@ -135,11 +133,11 @@ def badge_select(key, logits, embeddings, labels, budget: int, *, include_bias: 
             return jnp.log(_sq_dists_to_centre(*rows, c[0], c[1], include_bias=include_bias))
         return jax.lax.map(one, cents).T
 
-    def priority(t):  # what jax.random.categorical adds; step 0 is the first centre (+inf)
+    def priority(t):  # what jax.random.categorical adds at step t >= 1 (step 0 is `first`, no draw)
         return jax.random.gumbel(jax.random.fold_in(key, t), (a.shape[0],), jnp.float32)
 
     picks, _ = lazy_k_center(log_d, (a, z, sq_z), row_dists, block_dists, budget, priority=priority,
-                             fallback=open_)
+                             fallback=open_, first=first)
     return picks
 
 

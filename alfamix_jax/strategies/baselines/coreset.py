@@ -18,8 +18,9 @@ Memory is O(N*D + N), never N x N:
   centres are added, so it is an upper bound, and only a row that reaches the
   top is brought up to date (direct differences, sum((x - c)^2), against the
   centres it has not seen) before it is accepted. The picks are those of a
-  full O(N*D) update per step; a step costs a few O(N) argmaxes on most pools,
-  and at most one blocked matmul refresh of all rows on clustered ones. This
+  full O(N*D) update per step; a step costs a few O(N / 256 + 256) argmaxes
+  on most pools (the block maxima are kept up to date), and at most one
+  blocked matmul refresh of all rows on clustered ones. This
   is what keeps the time linear in N: a full update per step streams the pool
   from memory B times (100k x 512 x B = 1000: 200 GB read).
   The B steps are one `lax.fori_loop`.
@@ -102,7 +103,7 @@ def labelled_min_sq_dists(x, labelled, *, block_size: int = 4096):
 
 
 def lazy_k_center(min_dist, feats, row_dists, block_dists, budget: int, *, priority=None, fallback=None,
-                  chunk: int = 32, max_lazy: int = 64, block_size: int = 4096):
+                  first=None, chunk: int = 32, max_lazy: int = 64, block_size: int = 4096):
     """Greedy k-center steps with lazy updates: the same picks as updating every
     row's `min_dist` with each new centre, without streaming the pool per step.
 
@@ -119,8 +120,11 @@ def lazy_k_center(min_dist, feats, row_dists, block_dists, budget: int, *, prior
     first up-to-date argmax is the greedy pick (its value is exact and no other row
     can exceed its bound; ties still go to the lowest index, as np.argmax). On
     pools whose new centres rarely move the farthest rows (most real and
-    high-dimensional pools) a step costs a few O(S) argmaxes instead of an
-    O(S * F) pass. After `max_lazy` catch-ups in one step (clustered pools, or
+    high-dimensional pools) a step costs a few argmaxes instead of an O(S * F)
+    pass, and each is O(S / 256 + 256): the maxima of the scores per block of
+    ARGMAX_BLOCK rows are kept up to date as rows change (`blocked_argmax`), so
+    without a priority a step never rescans the pool (with one, adding it is the
+    step's one O(S) pass). After `max_lazy` catch-ups in one step (clustered pools, or
     no starting centre) every row is brought up to date at once, as matmul-sized
     [block, chunk] tiles, so the worst case stays O(S * F) per step.
 
@@ -128,75 +132,112 @@ def lazy_k_center(min_dist, feats, row_dists, block_dists, budget: int, *, prior
     Gumbel noise on log distances: the argmax is then a D^2 draw, and the stale bound
     still holds). fallback [S] bool, optional: when the pick's score is -inf (nothing
     left to draw), take the argmax of priority(t) over the rows still open instead.
+    first [], optional: pick 0, already made, whose distances min_dist already holds
+    (BADGE's first centre): the steps start at 1 with every row up to date, rather
+    than catching every row up with it (a pass over the pool per centre in a chunk).
     No library offers this (sklearn / FAISS k-center are eager and on the host)."""
     s = min_dist.shape[0]
     cents0 = jax.tree.map(lambda f: jnp.zeros((budget + chunk, *f.shape[1:]), f.dtype), feats)
     rows = min(block_size, s)
     pad = -s % ARGMAX_BLOCK  # -inf rows at the end, so first_argmax can reshape
 
-    def chunk_min(dists_fn, target, lo, hi, cents, init):
-        """min(init, distances of `target` to centres lo..hi-1), chunk by chunk."""
-        def body(k, best):
-            first = lo + k * chunk
-            d = dists_fn(target, jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, first, chunk), cents))
-            live = (first + jnp.arange(chunk)) < hi  # [W]
-            return jnp.minimum(best, jnp.min(jnp.where(live, d, jnp.inf), axis=-1))
-        return jax.lax.fori_loop(0, (hi - lo + chunk - 1) // chunk, body, init)
-
     def refresh_all(md, g, t, cents):
         """Every row up to date with centres g..t-1 (then g = t)."""
         def body(j, md):
             start = jnp.minimum(j * rows, s - rows)  # the last block shifted back (min is idempotent)
             block = jax.tree.map(lambda f: jax.lax.dynamic_slice_in_dim(f, start, rows), feats)
-            old = jax.lax.dynamic_slice_in_dim(md, start, rows)
-            return jax.lax.dynamic_update_slice_in_dim(md, chunk_min(block_dists, block, g, t, cents, old), start, 0)
+            new = chunk_min(block_dists, block, g, t, cents, jax.lax.dynamic_slice_in_dim(md, start, rows), chunk)
+            return jax.lax.dynamic_update_slice_in_dim(md, new, start, 0)
         return jax.lax.fori_loop(0, -(-s // rows), body, md)
 
     def step(t, carry):
-        md, seen, g, picks, cents, open_ = carry
-        pr = 0.0 if priority is None else jnp.pad(priority(t), (0, pad))  # [S + pad]
+        md, bm, seen, g, picks, cents, open_ = carry
+        pr, sc = None, None  # without a priority the scores are md itself (no copy per step)
+        if priority is not None:
+            pr = jnp.pad(priority(t), (0, pad))  # [S + pad]
+            sc = md + pr  # the step's scores, kept in step with md so an iteration stays O(S / 256)
+            bm = block_maxima(sc)
 
         def stale(c):
-            md, sc, seen, g, n, i = c
+            md, sc, bm, seen, g, n, i = c
             return jnp.maximum(seen[i], g) < t
 
-        def catch_up(c):  # sc = md + pr, kept in step so that an iteration costs one O(S) argmax
-            md, sc, seen, g, n, i = c
+        def catch_up(c):
+            md, sc, bm, seen, g, n, i = c
 
-            def one_row(md, sc, seen, g):
+            def one_row(md, sc, bm, seen, g):
                 row = jax.tree.map(lambda f: f[i], feats)
-                new = chunk_min(row_dists, row, jnp.maximum(seen[i], g), t, cents, md[i])
-                return md.at[i].set(new), sc.at[i].set(new + (0.0 if priority is None else pr[i])), seen.at[i].set(t), g
+                new = chunk_min(row_dists, row, jnp.maximum(seen[i], g), t, cents, md[i], chunk)
+                md = md.at[i].set(new)
+                sc = None if sc is None else sc.at[i].set(new + pr[i])
+                return md, sc, refresh_block(md if sc is None else sc, bm, i), seen.at[i].set(t), g
 
-            def all_rows(md, sc, seen, g):
+            def all_rows(md, sc, bm, seen, g):
                 md = refresh_all(md, g, t, cents)
-                return md, md + pr, seen, t
+                sc = None if sc is None else md + pr
+                return md, sc, block_maxima(md if sc is None else sc), seen, t
 
-            md, sc, seen, g = jax.lax.cond(n < max_lazy, one_row, all_rows, md, sc, seen, g)
-            return md, sc, seen, g, n + 1, first_argmax(sc)
+            md, sc, bm, seen, g = jax.lax.cond(n < max_lazy, one_row, all_rows, md, sc, bm, seen, g)
+            return md, sc, bm, seen, g, n + 1, blocked_argmax(md if sc is None else sc, bm)
 
-        sc = md + pr
-        md, _, seen, g, _, i = jax.lax.while_loop(stale, catch_up, (md, sc, seen, g, jnp.int32(0), first_argmax(sc)))
+        start = (md, sc, bm, seen, g, jnp.int32(0), blocked_argmax(md if sc is None else sc, bm))
+        md, sc, bm, seen, g, _, i = jax.lax.while_loop(stale, catch_up, start)
         if fallback is not None:  # i is up to date; -inf there means -inf everywhere
-            i = jnp.where(md[i] + pr[i] > -jnp.inf, i, first_argmax(jnp.where(open_, pr, -jnp.inf)))
+            drawn = md[i] if sc is None else sc[i]
+            i = jax.lax.cond(drawn > -jnp.inf, lambda: i,
+                             lambda: first_argmax(jnp.where(open_, 0.0 if pr is None else pr, -jnp.inf)))
         cents = jax.tree.map(lambda c, f: c.at[t].set(f[i]), cents, feats)  # the pick
-        return md.at[i].set(-jnp.inf), seen.at[i].set(t), g, picks.at[t].set(i), cents, open_.at[i].set(False)
+        md = md.at[i].set(-jnp.inf)
+        return md, refresh_block(md, bm, i), seen.at[i].set(t), g, picks.at[t].set(i), cents, open_.at[i].set(False)
 
+    md0 = jnp.pad(min_dist, (0, pad), constant_values=-jnp.inf)
     open0 = jnp.pad(jnp.zeros((s,), bool) if fallback is None else fallback, (0, pad))
-    init = (jnp.pad(min_dist, (0, pad), constant_values=-jnp.inf), jnp.zeros((s + pad,), jnp.int32), jnp.int32(0),
-            jnp.zeros((budget,), jnp.int32), cents0, open0)
-    md, _, g, picks, cents, _ = jax.lax.fori_loop(0, budget, step, init)
+    picks0, done = jnp.zeros((budget,), jnp.int32), 0
+    if first is not None:  # step 0 taken: `first` is centre 0 and every row has seen it (g = 1)
+        md0, open0, picks0, done = md0.at[first].set(-jnp.inf), open0.at[first].set(False), picks0.at[0].set(first), 1
+        cents0 = jax.tree.map(lambda c, f: c.at[0].set(f[first]), cents0, feats)
+    init = (md0, block_maxima(md0), jnp.zeros((s + pad,), jnp.int32), jnp.int32(done), picks0, cents0, open0)
+    md, _, _, g, picks, cents, _ = jax.lax.fori_loop(done, budget, step, init)
     return picks, refresh_all(md, g, budget, cents)[:s]
+
+
+def chunk_min(dists_fn, target, lo, hi, cents, init, chunk: int):
+    """min(init, distances of `target` to centres lo..hi-1), `chunk` centres at a time.
+    dists_fn(target, cents) -> [..., chunk]; cents: pytree of [B + chunk, ...]."""
+    def body(k, best):
+        first = lo + k * chunk
+        d = dists_fn(target, jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, first, chunk), cents))
+        live = (first + jnp.arange(chunk)) < hi  # [W]
+        return jnp.minimum(best, jnp.min(jnp.where(live, d, jnp.inf), axis=-1))
+    return jax.lax.fori_loop(0, (hi - lo + chunk - 1) // chunk, body, init)
+
+
+def block_maxima(v):
+    """Maxima of v [K * ARGMAX_BLOCK] per block of ARGMAX_BLOCK entries -> [K]."""
+    return jnp.max(v.reshape(-1, ARGMAX_BLOCK), axis=1)
+
+
+def refresh_block(v, bm, i):
+    """bm [K] (block_maxima of v) after v [K * ARGMAX_BLOCK] changed at row i only: O(ARGMAX_BLOCK)."""
+    b = i // ARGMAX_BLOCK
+    return bm.at[b].set(jnp.max(jax.lax.dynamic_slice_in_dim(v, b * ARGMAX_BLOCK, ARGMAX_BLOCK)))
+
+
+def blocked_argmax(v, bm):
+    """jnp.argmax of v [K * ARGMAX_BLOCK] given its block maxima bm [K]: the first block
+    holding the maximum, then the first index in it (ties: the lowest index). O(K +
+    ARGMAX_BLOCK), so a greedy step that changes a few rows never rescans the pool."""
+    b = jnp.argmax(bm)
+    return (b * ARGMAX_BLOCK + jnp.argmax(jax.lax.dynamic_slice_in_dim(v, b * ARGMAX_BLOCK, ARGMAX_BLOCK))
+            ).astype(jnp.int32)
 
 
 def first_argmax(v):
     """jnp.argmax of v [K * ARGMAX_BLOCK] (the lowest index among the maxima), in two
     levels: block maxima, then the first block holding the maximum. XLA:CPU's argmax
     is a scalar loop (0.32 ms for 60k rows); two vectorised maxes and two short
-    argmaxes take a quarter of that, and the greedy steps run several per pick."""
-    blocks = v.reshape(-1, ARGMAX_BLOCK)  # [K, ARGMAX_BLOCK]
-    b = jnp.argmax(jnp.max(blocks, axis=1))
-    return (b * ARGMAX_BLOCK + jnp.argmax(blocks[b])).astype(jnp.int32)
+    argmaxes take a quarter of that."""
+    return blocked_argmax(v, block_maxima(v))
 
 
 def _sq_dists_direct(row, cents):

@@ -1,10 +1,29 @@
 """GCNAL: sequential GCN active learning (Caramalau, Bhattarai & Kim, CVPR 2021),
 as the original ALFA-Mix repository runs it (query_strategies/gcn_sampling.py).
 
+What the paper and its code do about the pool size (read in
+razvancaramalau/Sequential-GCN-for-Active-Learning: config.py sets SUBSET =
+10000; main.py shuffles the unlabelled list each cycle and keeps its first
+SUBSET rows; selection_methods.py `query_samples` builds the graph over
+`subset + labeled_set` and trains the GCN on it, binary labels 0 for the
+subset and 1 for every labelled row, and picks among the subset only). The
+ALFA-Mix repository's gcn_sampling.py does the same (subset_size = 10000,
+np.random.choice of the unlabelled rows without replacement, graph over
+subset + all labelled rows). So the rest of the pool never enters the graph;
+we do the same, and the graph's size is bounded by subset + labelled rows,
+not by the pool. (One difference between the two codes, not about the pool:
+for CoreGCN, Caramalau et al.'s query_samples runs kCenterGreedy on the
+backbone features of the graph's rows, overwriting the GCN's `feat`; the
+ALFA-Mix repository runs furthest_first on the GCN's [h, z]. We follow the
+ALFA-Mix repository.)
+
 One query:
 1. Nodes. A random subset of `subset_size` unlabelled rows (drawn with the key;
-   when fewer rows are unlabelled, all of them) plus *every* labelled row. The
-   node features are the embeddings, L2-normalised per row.
+   when fewer rows are unlabelled, all of them) plus *every* labelled row,
+   gathered into a graph of static size (`graph_nodes`; `node_capacities`:
+   subset + 1024 * 4^k rows, the smallest that holds the labelled rows, picked
+   by lax.switch because their count is traced). The node features are the
+   embeddings, L2-normalised per row.
 2. Graph. A = X X^T - I over the nodes; each column j divided by its sum
    d_j = sum_i A_ij; plus I:  adj = (X X^T - I) diag(1/d) + I  (the original's
    `aff_to_adj`).
@@ -31,20 +50,18 @@ learning_rate 1e-3, weight_decay 5e-4, lambda_loss 1.2, s_margin 0.1,
 train_steps 200, block_size 4096 (k-center tiles).
 
 Memory and work. The adjacency is never materialised, neither N x N nor
-(subset + L) x (subset + L). It is a rank-D term plus a diagonal, so
-    adj H = X (X^T (H / d)) - H / d + H        (rows of non-nodes masked out),
-which costs O(N*D*F) for H [N, F] and needs O(N*(D + F)) memory. adj X [N, D]
-is computed once per query (O(N*D^2)), so a training step is one dense layer
-(adj X) W1 plus a one-column propagation: O(N*D*hidden) work, O(N*(D + hidden))
-memory, whatever the subset size. Shapes are static in N: the nodes are a mask
-over the whole pool, so rows outside the graph are computed and ignored (a
-step's work follows N, not subset + L; at 100k x 512, 200 steps are a few
-TFLOP). The k-center start (distance of each subset row to its nearest
-labelled node) runs in [min(subset, N), block_size] tiles over the labelled
-rows only; each greedy step is one O(subset * hidden) pass. So memory is
-O(N*(D + hidden) + subset*block_size), linear in N; `subset_size` bounds the
-candidates and the k-center tiles, not the graph's memory (the factorisation
-already does).
+M x M (M = the graph's capacity, subset + room for the labelled rows). It is
+a rank-D term plus a diagonal, so
+    adj H = X (X^T (H / d)) - H / d + H        (rows of padding masked out),
+which costs O(M*D*F) for H [M, F] and needs O(M*(D + F)) memory. adj X [M, D]
+is computed once per query (O(M*D^2)), so a training step is one dense layer
+(adj X) W1 plus a one-column propagation: O(M*D*hidden) work. Only the
+subset's and the labelled rows' embeddings are gathered; the rest of the
+pool costs nothing but the O(N) subset draw. With the paper's subset of
+10000 and a few hundred labelled rows, a 60k pool trains on 11k rows (5x
+less work than over the whole pool, which the previous version did with a
+node mask). The k-center start runs in [subset, block_size] tiles over the
+labelled rows only; each greedy step is CoreSet's lazy step.
 
 Differences from the original, and why:
 - The factorised adjacency above instead of the dense matrix (the same
@@ -79,6 +96,10 @@ Differences from the original, and why:
   is top_k of -|s - margin|, ties to the earlier subset position.
 - The original's subset order is np.random.choice's; ours is the key's order
   of the unlabelled rows, so identical inputs give identical picks per key.
+  The dropout masks are drawn per graph position ([M, hidden] from the step's
+  key; threefry's counter mode makes the first rows the same whatever M is),
+  so the capacity a query runs at does not change its result beyond float
+  rounding of sums over the padding.
 """
 from __future__ import annotations
 
@@ -92,6 +113,7 @@ from alfamix_jax.strategies.baselines.coreset import furthest_first  # the share
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 _METHODS = ("core", "uncertain")
+LABELLED_BLOCK = 1024  # the smallest room for labelled rows in the graph (see node_capacities)
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -156,9 +178,9 @@ def train_gcn(key, x, labelled, unlabelled, *, hidden_units: int = 128, dropout_
               learning_rate: float = 1e-3, weight_decay: float = 5e-4, lambda_loss: float = 1.2,
               train_steps: int = 200):
     """Fit the GCN on the graph of x's nodes (labelled | unlabelled) and score every row.
-    x: [N, D] normalised rows; labelled, unlabelled: [N] bool, disjoint.
-    -> (z [N] eval-mode pre-sigmoid scores, feat [N, H] eval-mode hidden features,
-        final training loss []). Rows that are not nodes carry meaningless values."""
+    x: [M, D] normalised rows (the graph's, see graph_nodes); labelled, unlabelled: [M]
+    bool, disjoint. -> (z [M] eval-mode pre-sigmoid scores, feat [M, H] eval-mode hidden
+    features, final training loss []). Rows that are not nodes carry meaningless values."""
     nodes = labelled | unlabelled
     inv_deg = inverse_degrees(x, nodes)
     adj_x = propagate(x, nodes, inv_deg, x)  # [N, D], constant for the query
@@ -188,12 +210,40 @@ def train_gcn(key, x, labelled, unlabelled, *, hidden_units: int = 128, dropout_
 
 def sample_subset(key, labels, size: int):
     """`size` distinct unlabelled rows in a random order drawn from the key, and
-    which are real (False where fewer than `size` rows are unlabelled).
-    labels: [N] -> (idx [S] int32, valid [S] bool), S = min(size, N)."""
+    which are real (False where fewer than `size` rows are unlabelled; those
+    slots come last). labels: [N] -> (idx [S] int32, valid [S] bool), S = min(size, N)."""
     size = min(size, labels.shape[0])
     score = jnp.where(labels < 0, jax.random.uniform(key, labels.shape), -jnp.inf)
     idx = jax.lax.top_k(score, size)[1].astype(jnp.int32)
     return idx, labels[idx] < 0
+
+
+def node_capacities(n: int, subset: int) -> tuple[int, ...]:
+    """The static graph sizes a query compiles for: subset + LABELLED_BLOCK * 4^k rows,
+    up to the pool size n. The labelled count is traced, so the query takes the
+    smallest capacity that holds the subset and every labelled row (lax.switch):
+    at most 4x the labelled part, never the pool, unless the labelled rows need it."""
+    caps, k = [], 0
+    while not caps or caps[-1] < n:
+        caps.append(min(n, subset + LABELLED_BLOCK * 4**k))
+        k += 1
+    return tuple(caps)
+
+
+def graph_nodes(idx, valid, labels, capacity: int):
+    """The graph's rows in a fixed-size list: the real subset rows first (positions
+    0 .. S' - 1, in the subset's order), then every labelled row in index order,
+    then padding. idx, valid: [S] (sample_subset), labels: [N]
+    -> rows [capacity] int32 pool indices, is_unlabelled, is_labelled [capacity] bool
+    (both False on padding). Needs capacity >= S' + L (S' real subset rows, L labelled)."""
+    n = labels.shape[0]
+    (lab_idx,) = jnp.nonzero(labels >= 0, size=n, fill_value=0)  # [N] labelled rows first
+    num_sub, num_lab = jnp.sum(valid, dtype=jnp.int32), jnp.sum(labels >= 0, dtype=jnp.int32)
+    pos = jnp.arange(capacity, dtype=jnp.int32)
+    from_subset = idx[jnp.minimum(pos, idx.shape[0] - 1)]
+    from_labelled = lab_idx[jnp.clip(pos - num_sub, 0, n - 1)]
+    rows = jnp.where(pos < num_sub, from_subset, from_labelled).astype(jnp.int32)
+    return rows, pos < num_sub, (pos >= num_sub) & (pos < num_sub + num_lab)
 
 
 def make_gcnal(*, budget: int, num_classes: int | None = None, method: str = "core", subset_size: int = 10000,
@@ -216,23 +266,32 @@ def make_gcnal(*, budget: int, num_classes: int | None = None, method: str = "co
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
 
+    def on_graph(capacity, gcn_key, idx, valid, view):
+        """The GCN and the pick on a graph of `capacity` rows (see graph_nodes)."""
+        rows, unlabelled, labelled = graph_nodes(idx, valid, view.labels, capacity)  # [M] each
+        x = normalise_rows(view.embeddings[rows].astype(jnp.float32))  # [M, D]
+        z, feat, loss = train_gcn(gcn_key, x, labelled, unlabelled, hidden_units=hidden_units,
+                                  dropout_rate=dropout_rate, learning_rate=learning_rate,
+                                  weight_decay=weight_decay, lambda_loss=lambda_loss, train_steps=train_steps)
+        s = idx.shape[0]  # the subset's rows are positions 0 .. S' - 1 < S of the graph
+        if method == "core":
+            feats = jnp.concatenate([feat, z[:, None]], axis=1)  # [M, H + 1]
+            picks = furthest_first(feats[:s], unlabelled[:s], feats, labelled, budget, block_size=block_size)
+        else:
+            closeness = -jnp.abs(jax.nn.sigmoid(z[:s]) - s_margin)  # [S]
+            picks = jax.lax.top_k(jnp.where(unlabelled[:s], closeness, -jnp.inf), budget)[1]
+        return rows[picks], loss
+
     @jax.jit
     def query(key, view: PoolView) -> Query:
         subset_key, gcn_key = jax.random.split(key)
         idx, valid = sample_subset(subset_key, view.labels, subset_size)  # [S], [S]
-        labelled = view.labels >= 0  # [N]
-        unlabelled = jnp.zeros_like(labelled).at[idx].set(valid)  # [N] the subset's nodes
-        x = normalise_rows(view.embeddings.astype(jnp.float32))  # [N, D]
-        z, feat, loss = train_gcn(gcn_key, x, labelled, unlabelled, hidden_units=hidden_units,
-                                  dropout_rate=dropout_rate, learning_rate=learning_rate,
-                                  weight_decay=weight_decay, lambda_loss=lambda_loss, train_steps=train_steps)
-        if method == "core":
-            feats = jnp.concatenate([feat, z[:, None]], axis=1)  # [N, H + 1]
-            picks = furthest_first(feats[idx], valid, feats, labelled, budget, block_size=block_size)
-        else:
-            closeness = -jnp.abs(jax.nn.sigmoid(z[idx]) - s_margin)  # [S]
-            picks = jax.lax.top_k(jnp.where(valid, closeness, -jnp.inf), budget)[1]
-        return Query(idx[picks], {"gcn_loss": loss})
+        caps = node_capacities(view.labels.shape[0], idx.shape[0])
+        need = jnp.sum(valid, dtype=jnp.int32) + jnp.sum(view.labels >= 0, dtype=jnp.int32)
+        branch = jnp.searchsorted(jnp.asarray(caps, jnp.int32), need)  # the smallest capacity >= need
+        graphs = [functools.partial(on_graph, cap) for cap in caps]
+        picks, loss = jax.lax.switch(branch, graphs, gcn_key, idx, valid, view)
+        return Query(picks, {"gcn_loss": loss})
 
     return Strategy("gcnal" if method == "core" else "gcnal_uncertain", query)
 

@@ -60,14 +60,29 @@ def least_confidence_scores(logits):  # [N, C] -> [N]
 def bald_scores(mc_logits):  # [T, N, C] -> [N]
     """Mutual information H(mean_t p_t) - mean_t H(p_t) of T stochastic passes, in nats,
     computed as mean_t KL(p_t || mean_t p_t) (exactly 0 when the passes agree).
-    The T passes are unrolled as [N, C] slices (T is static and small): XLA:CPU runs the
-    same arithmetic on the [T, N, C] array 3-4x slower (25 ms vs 100 ms at 5 x 60k x 10 on 2 cores)."""
-    passes = mc_logits.shape[0]
-    log_p = [jax.nn.log_softmax(mc_logits[t], axis=-1) for t in range(passes)]  # T x [N, C]
-    top = functools.reduce(jnp.maximum, log_p)  # [N, C]
-    log_mean = top + jnp.log(sum(jnp.exp(lp - top) for lp in log_p) / passes)  # [N, C] log of mean_t p_t
-    kl = sum(jnp.sum(jnp.exp(lp) * (lp - log_mean), axis=-1) for lp in log_p)  # [N] sum over t
+
+    Laid out for XLA:CPU (T and C are static and small, so both are unrolled over
+    [N] vectors of the class-major copy [T, C, N]): reductions over a minor axis of
+    10 run as scalar loops, and without the barrier XLA fuses the log-sum-exp of a
+    pass into each of its C consumers, computing it C times. 5 x 60k x 10 on 2 cores:
+    8 ms, against 20 ms for the same arithmetic on [T, N, C] slices."""
+    x = jnp.transpose(mc_logits, (0, 2, 1))  # [T, C, N]
+    passes, classes = x.shape[0], x.shape[1]
+    lse = jnp.stack([_log_sum_exp([x[t, c] for c in range(classes)]) for t in range(passes)])  # [T, N]
+    x, lse = jax.lax.optimization_barrier((x, lse))  # lse once per pass, not once per class
+    kl = 0.0
+    for c in range(classes):
+        log_p = [x[t, c] - lse[t] for t in range(passes)]  # T x [N]
+        top = functools.reduce(jnp.maximum, log_p)  # [N]
+        log_mean = top + jnp.log(sum(jnp.exp(lp - top) for lp in log_p) / passes)  # log of mean_t p_tc
+        kl = kl + sum(jnp.exp(lp) * (lp - log_mean) for lp in log_p)  # [N], summed over t
     return kl / passes
+
+
+def _log_sum_exp(columns):  # K x [N] -> [N]
+    """log sum_k exp(columns[k]), shifted by the maximum."""
+    top = functools.reduce(jnp.maximum, columns)
+    return top + jnp.log(sum(jnp.exp(v - top) for v in columns))
 
 
 def _check_budget(budget: int, num_classes: int) -> None:
