@@ -166,11 +166,11 @@ def selection_worker():
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
-    from benchmark_selection import make_pool
+    from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool
 
     from alfamix_jax import LinearHead, make_alfamix_selector
 
-    pool = make_pool(5, 20000, 200, 512, 10, 0.25)
+    pool = make_pool(POOL_SEED, 20000, POOL_LABELLED, 512, 10, POOL_SEP)
     emb, labels = jax.device_put(pool["embeddings"]), jax.device_put(pool["labels"].astype(np.int32))
     head = LinearHead(jax.device_put(pool["head_weight"]), jax.device_put(pool["head_bias"]))
     jax.block_until_ready((emb, labels, head))
@@ -190,7 +190,9 @@ def whole_process(args):
     row = json.loads(out.stdout.strip().splitlines()[-1])
     work = Path(tempfile.mkdtemp(prefix="kmeans_bench_"))
     try:
-        subprocess.run([sys.executable, "/work/shared/bench/make_pool.py", str(work / "pool.npz")], check=True)
+        from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool
+
+        np.savez(work / "pool.npz", **make_pool(POOL_SEED, 20000, POOL_LABELLED, 512, 10, POOL_SEP))
         cli = Path(sys.executable).parent / "alfamix-jax"
         env["ALFAMIX_JAX_CACHE_DIR"] = str(work / "cache")
         for name, extra in (("no_cache", ["--no-compile-cache"]), ("cold_cache", []), ("warm_cache", [])):
