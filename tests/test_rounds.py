@@ -1,6 +1,10 @@
 """Active-learning rounds: the pool keeps its shape and `labels` grows, so a
 selector compiled in round 1 is reused as is; and what was labelled is never
-selected again."""
+selected again.
+
+Shapes and settings are test_properties.py's (N=64, D=8, C=4, B=6, blocks of 16 rows: several
+blocks, the last one shifted back), so in a whole-suite run the default selector's programs
+come from the session's compilation cache."""
 import functools
 
 import jax
@@ -10,7 +14,7 @@ from support import count_compiles, make_pool
 
 from alfamix_jax import linear_head_apply, make_alfamix_selector
 
-N, DIM, NUM_CLASSES, BUDGET = 96, 8, 4, 5
+N, DIM, NUM_CLASSES, BUDGET = 64, 8, 4, 6
 
 
 class CountingHead:
@@ -26,7 +30,7 @@ class CountingHead:
 
 @functools.cache
 def default_selector():
-    return make_alfamix_selector(budget=BUDGET, num_classes=NUM_CLASSES, block_size=32)
+    return make_alfamix_selector(budget=BUDGET, num_classes=NUM_CLASSES, block_size=16)
 
 
 def run_rounds(select, x, labels, true, head, rounds=3):
@@ -57,7 +61,7 @@ def test_no_recompile_after_round_one(settings):
     counting = CountingHead()
     head_apply = None if settings.get("linear_fast_path", True) and settings.get("alpha") is None else counting
     select = make_alfamix_selector(
-        budget=BUDGET, num_classes=NUM_CLASSES, head_apply=head_apply, block_size=32, **settings
+        budget=BUDGET, num_classes=NUM_CLASSES, head_apply=head_apply, block_size=16, **settings
     )
     history = run_rounds(select, x, labels, true, head)
     traced_in_round_one = counting.calls

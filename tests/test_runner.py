@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from support import CLI_CONFIG, cli_run  # noqa: F401 (CLI_CONFIG re-exported)
+from test_training import RESNET
 
 from alfamix_jax.experiment.config import (
     DataConfig,
@@ -112,13 +113,16 @@ def test_mlp_two_rounds_on_digits(tmp_path):
     assert np.mean([float(r["test_accuracy"]) for r in rows if r["round"] == "2"]) > 0.5
 
 
-@pytest.mark.parametrize("model,shape", [("cnn", (28, 28, 1)), ("resnet18", (32, 32, 3))])
+@pytest.mark.parametrize("model,shape", [("cnn", (16, 16, 1)), ("resnet18", RESNET["shape"])])
 def test_image_models_two_rounds(tmp_path, model, shape):
-    path = write_image_npz(tmp_path / "images.npz", shape=shape)
+    """The CNN on 16x16 images (it pools them twice, as 28x28 ones). The ResNet-18 run uses test_training.py's
+    RESNET settings (images, pool, batch, optimiser, final labelled count 12 + 2 * 6 = 24), so one
+    compilation of its step and eval programs serves both files."""
+    path = write_image_npz(tmp_path / "images.npz", shape=shape, n_train=RESNET["pool"])
     config = small_config(
         data=DataConfig(name="npz", path=path),
         model=ModelConfig(name=model),
-        train=TrainConfig(learning_rate=1e-3, batch_size=16, max_epochs=2),
+        train=TrainConfig(learning_rate=RESNET["learning_rate"], batch_size=RESNET["batch_size"], max_epochs=2),
         loop=LoopConfig(initial_size=12, budget=6, rounds=2),
         strategies=("alfamix", "entropy"),
         seeds=(3,),
@@ -156,17 +160,18 @@ def test_a_run_reruns_alone_and_a_finished_workdir_is_left_alone(tmp_path):
 
 
 def test_warm_start_resumes_identically(tmp_path):
-    config = small_config(strategies=("alfamix",), seeds=(1,),
-                          train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=10, warm_start=True))
-    whole = run_experiment(config, str(tmp_path / "whole"), **QUIET)
-    # Emulate a stop after round 1 by deleting the last round's checkpoint.
-    run_experiment(config, str(tmp_path / "resumed"), **QUIET)
-    ckpt = run_dir(str(tmp_path / "resumed"), "alfamix", 1)
+    """A stop after round 1 (emulated by deleting the last round's checkpoint) resumes from the saved
+    weights to the records the finished run had written. small_config's training settings plus warm_start,
+    so the fit is the program the other digits runs compiled already (warm_start changes no program)."""
+    config = small_config(strategies=("alfamix",), seeds=(1,), train=dataclasses.replace(
+        small_config().train, warm_start=True))
+    whole = run_experiment(config, str(tmp_path), **QUIET)
+    ckpt = run_dir(str(tmp_path), "alfamix", 1)
     last = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
     import shutil
 
     shutil.rmtree(os.path.join(ckpt, str(last)))
-    resumed = run_experiment(config, str(tmp_path / "resumed"), **QUIET)
+    resumed = run_experiment(config, str(tmp_path), **QUIET)
     assert without_timing(resumed) == without_timing(whole)
 
 
@@ -381,21 +386,21 @@ def test_report_command_reads_a_workdir(tmp_path, capsys):
 
 
 def test_fashion_mnist_idx_through_the_runner(tmp_path, monkeypatch):
-    """The IDX -> TFDS builder -> array_record path inside a whole run (tiny IDX files the test writes)."""
+    """The IDX -> TFDS builder -> array_record path inside a whole run (tiny IDX files the test writes).
+    A 300-row pool with small_config's model, loop and classes: the selection programs are those the
+    digits runs compiled (same pool size, embedding width and budget), only the 784-input fit is new."""
     from test_data import write_fashion_idx
 
     monkeypatch.setenv("ALFAMIX_JAX_TFDS_DIR", str(tmp_path / "tfds"))
-    write_fashion_idx(tmp_path / "idx", n_train=80, n_test=20)
+    write_fashion_idx(tmp_path / "idx", n_train=300, n_test=20)
     config = small_config(
         data=DataConfig(name="fashion_mnist", data_dir=str(tmp_path / "idx")),
-        model=ModelConfig(name="mlp", embed_dim=16),
-        loop=LoopConfig(initial_size=10, budget=5, rounds=2),
         strategies=("alfamix", "random"),
         seeds=(1,),
     )
     run_experiment(config, str(tmp_path / "run"), **QUIET)
     rows = read_csv(tmp_path / "run" / "results.csv")
-    assert [int(r["labelled"]) for r in rows] == [10, 15, 20] * 2
+    assert [int(r["labelled"]) for r in rows] == [20, 30, 40] * 2
     assert os.listdir(tmp_path / "tfds")  # prepared once into the cache
 
 

@@ -65,31 +65,38 @@ def test_same_selection_on_1_2_4_8_devices(by_devices):
         assert_same(by_devices[k], first)
 
 
-def test_same_as_the_one_device_selector(by_devices):
+@pytest.fixture(scope="module")
+def on_one_device():
+    """The CASE selection without a mesh (the reference of the mesh runs; shared by two tests)."""
+    return one_device()
+
+
+def test_same_as_the_one_device_selector(by_devices, on_one_device):
     """The mesh changes where rows are computed, not what is selected."""
-    assert_same(by_devices[4], one_device())
+    assert_same(by_devices[4], on_one_device)
 
 
 def test_rerun_is_identical(by_devices):
     assert_same(run_case(mesh_of(4)), by_devices[4])
 
 
-def test_the_candidate_count_is_global():
+def test_the_candidate_count_is_global(on_one_device):
     """The caps' early stop sees every device's candidates: a budget just below
-    the first cap's global count stops after one cap on every mesh, though no
-    single device holds that many."""
+    the first cap's global count stops after one cap on a mesh of 8, though no
+    single device holds that many. (A mesh of one is not run: there the local
+    count is the global one, so it could not tell a local stop from a global one.) The stop is the
+    search's; diversity="random" after it spares a k-means program for this budget."""
     x, labels, _, head = case_pool()
-    first_cap = int(one_device().diagnostics.flips_per_cap[0])
+    first_cap = int(on_one_device.diagnostics.flips_per_cap[0])
     budget = first_cap - 1
-    for k in (1, 8):
-        mesh = mesh_of(k)
-        select = make_alfamix_selector(mesh=mesh, budget=budget, num_classes=5, block_size=128, max_candidates=512)
-        result = select(jax.random.key(7), shard_pool(mesh, x), labels, head)
-        assert int(result.diagnostics.caps_tried) == 1
-        assert int(result.diagnostics.num_candidates) == first_cap
-        per_device = np.asarray(result.candidates).reshape(k, -1).sum(axis=1)
-        if k == 8:
-            assert per_device.max() <= budget  # the stop could not have been decided locally
+    mesh = mesh_of(8)
+    select = make_alfamix_selector(mesh=mesh, budget=budget, num_classes=5, block_size=128, max_candidates=512,
+                                   diversity="random")
+    result = select(jax.random.key(7), shard_pool(mesh, x), labels, head)
+    assert int(result.diagnostics.caps_tried) == 1
+    assert int(result.diagnostics.num_candidates) == first_cap
+    per_device = np.asarray(result.candidates).reshape(8, -1).sum(axis=1)
+    assert per_device.max() <= budget  # the stop could not have been decided locally
 
 
 def _mlp_head(params, z):
@@ -105,6 +112,10 @@ def _mlp_head(params, z):
     dict(mlp=True),
 ], ids=["random-alpha", "general-closed-form", "top-alpha", "random-diversity", "mlp-head"])
 def test_other_paths_match_across_meshes_and_one_device(settings):
+    """Each path gives the one-device batch on a mesh of 8. One mesh size suffices here: the
+    mesh code is the same for every device count, and 8 is its hardest case (2003 rows padded
+    to 8 x 251, every reduction across devices); test_same_selection_on_1_2_4_8_devices runs
+    the same layout code on 1, 2, 4 and 8 devices."""
     settings = dict(settings)
     if settings.pop("mlp", False):
         rng = np.random.default_rng(3)
@@ -112,20 +123,17 @@ def test_other_paths_match_across_meshes_and_one_device(settings):
                       w2=jnp.asarray(rng.normal(size=(32, 5)), jnp.float32) * 0.5, b2=jnp.zeros(5))
         settings["head_apply"] = _mlp_head
         x, labels, _, _ = case_pool()
-        runs = []
-        for k in (1, 8):
-            mesh = mesh_of(k)
-            select = make_alfamix_selector(mesh=mesh, budget=40, num_classes=5, block_size=128,
-                                           max_candidates=256, **settings)
-            runs.append(select(jax.random.key(7), shard_pool(mesh, x), labels, params))
+        mesh = mesh_of(8)
+        select = make_alfamix_selector(mesh=mesh, budget=40, num_classes=5, block_size=128, max_candidates=256,
+                                       **settings)
+        on_mesh = select(jax.random.key(7), shard_pool(mesh, x), labels, params)
         reference = make_alfamix_selector(budget=40, num_classes=5, block_size=128, max_candidates=256,
                                           **settings)(jax.random.key(7), jnp.asarray(x), jnp.asarray(labels), params)
         assert int(reference.diagnostics.num_candidates) > 0
     else:
-        runs = [run_case(mesh_of(k), **settings) for k in (1, 8)]
+        on_mesh = run_case(mesh_of(8), **settings)
         reference = one_device(**settings)
-    assert_same(runs[1], runs[0])
-    assert_same(runs[0], reference)
+    assert_same(on_mesh, reference)
 
 
 def test_few_candidates_are_all_taken_then_filled():
@@ -136,20 +144,19 @@ def test_few_candidates_are_all_taken_then_filled():
     assert_same(run_case(mesh_of(8), case), reference)
 
 
-@pytest.mark.parametrize("k", [1, 4])
-def test_streamed_from_a_memory_mapped_file_is_the_same(tmp_path, by_devices, k):
+def test_streamed_from_a_memory_mapped_file_is_the_same(tmp_path, by_devices):
+    """Streamed over a mesh of 4: the in-memory batch on that mesh (by_devices[4] is exactly that
+    run) and on one device. One mesh size suffices: the streaming code is the same for every
+    device count, and 4 has what 1 lacks (each block split over devices, padded rows)."""
     x, labels, _, head = case_pool()
     path = tmp_path / "pool.npy"
     np.save(path, x)
     mapped = np.load(path, mmap_mode="r")
-    mesh = mesh_of(k)
     # A small block so the pool takes many streamed steps, with a padded last one.
-    select = make_alfamix_selector(mesh=mesh, budget=CASE["budget"], num_classes=5, block_size=CASE["block_size"],
-                                   max_candidates=CASE["max_candidates"], prefetch=3)
+    select = make_alfamix_selector(mesh=mesh_of(4), budget=CASE["budget"], num_classes=5,
+                                   block_size=CASE["block_size"], max_candidates=CASE["max_candidates"], prefetch=3)
     streamed = select(jax.random.key(7), mapped, labels, head)
-    in_memory = make_alfamix_selector(mesh=mesh, budget=CASE["budget"], num_classes=5,
-                                      block_size=CASE["block_size"], max_candidates=CASE["max_candidates"])
-    assert_same(streamed, in_memory(jax.random.key(7), shard_pool(mesh, x), labels, head))
+    assert_same(streamed, by_devices[4])
     assert_same(streamed, by_devices[1])
 
 
@@ -197,16 +204,24 @@ def test_a_pool_that_does_not_split_evenly_is_placed_by_the_selector(by_devices)
 
 
 def test_one_device_features_are_refused_on_a_larger_mesh_and_run_on_a_mesh_of_one():
+    """Each feature is refused on a mesh of 4. On a mesh of one device, the selector drops the
+    mesh and places the pool on that device (make_alfamix_selector: mesh=None plus the device,
+    the same for every feature), so one selector with all three features shows that they run
+    there and select what they select without a mesh (one program to compile, not three). The
+    mesh's device is not device 0, so the batch must come from that device, not the default.
+    diversity="random": k-means would double the compile time and adds nothing to the placement."""
     x, labels, _, head = case_pool()
-    for settings, needle in ((dict(compat="reference"), "compat"), (dict(anchors="labelled"), "anchors"),
-                             (dict(fused=True), "fused")):
-        with pytest.raises(ValueError, match=f"{needle}.* runs on one device, not on a mesh of 4"):
-            make_alfamix_selector(mesh=mesh_of(4), budget=40, num_classes=5, **settings)
-        on_one = make_alfamix_selector(mesh=mesh_of(1), budget=40, num_classes=5, block_size=128,
-                                       max_candidates=256, **settings)
-        without = make_alfamix_selector(budget=40, num_classes=5, block_size=128, max_candidates=256, **settings)
-        np.testing.assert_array_equal(np.asarray(on_one(jax.random.key(3), x, labels, head).selected),
-                                      np.asarray(without(jax.random.key(3), x, labels, head).selected))
+    features = dict(compat="reference", anchors="labelled", fused=True)
+    for name, value in features.items():
+        with pytest.raises(ValueError, match=f"{name}.* runs on one device, not on a mesh of 4"):
+            make_alfamix_selector(mesh=mesh_of(4), budget=40, num_classes=5, **{name: value})
+    device = jax.devices()[3]
+    small = dict(budget=40, num_classes=5, block_size=128, max_candidates=256, diversity="random")
+    on_one = make_alfamix_selector(mesh=pool_mesh([device]), **small, **features)
+    without = make_alfamix_selector(**small, **features)
+    got = on_one(jax.random.key(3), x, labels, head).selected
+    assert got.devices() == {device}
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(without(jax.random.key(3), x, labels, head).selected))
 
 
 def _free_port():

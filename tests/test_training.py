@@ -14,6 +14,9 @@ from alfamix_jax.experiment.training import TrainConfig, TrainState, make_optimi
 from alfamix_jax.selection.heads import linear_head_apply
 
 N, DIM, CLASSES = 120, 6, 3
+# ResNet-18 on CIFAR-sized images (kept: 16x16 ones measured slower per step on XLA:CPU, not faster);
+# test_runner.py's resnet18 run uses the same pool, classes, batch, optimiser and final labelled count.
+RESNET = dict(shape=(32, 32, 3), classes=3, pool=90, batch_size=16, learning_rate=1e-3, max_labelled=24)
 
 
 def _toy_pool(seed=0, n=N):
@@ -194,20 +197,24 @@ def test_sgd_without_decay_is_plain_momentum():
 
 
 def test_resnet18_forward_and_short_train():
+    """One step of batch 16 on 5 labelled rows (11 wrapped fillers). The trainer is the one
+    test_runner.py's resnet18 run builds (RESNET: pool, classes, batch, optimiser, max_labelled), so
+    the session's compilation cache compiles its step and eval programs once for both files."""
     rng = np.random.default_rng(0)
-    n = 6
-    x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
-    y = rng.integers(0, 4, n).astype(np.int32)
-    model = make_model("resnet18", input_shape=(32, 32, 3), num_classes=4, rngs=nnx.Rngs(0))
-    trainer = make_trainer(model, TrainConfig(batch_size=4, max_epochs=1, eval_batch_size=4), pool_size=n)
+    n, shape, classes = RESNET["pool"], RESNET["shape"], RESNET["classes"]
+    x = rng.normal(size=(n, *shape)).astype(np.float32)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    model = make_model("resnet18", input_shape=shape, num_classes=classes, rngs=nnx.Rngs(0))
+    cfg = TrainConfig(learning_rate=RESNET["learning_rate"], batch_size=RESNET["batch_size"], max_epochs=1)
+    trainer = make_trainer(model, cfg, pool_size=n, max_labelled=RESNET["max_labelled"])
     state = trainer.init_state()
-    mask = np.array([True, True, True, True, True, False])
+    mask = _mask(5, n=n)
     trained, stats = trainer.train(state, x, y, mask, jax.random.key(0))
     assert stats.epochs == 1
     assert not _leaves_equal(trained.params, state.params)
     assert not _leaves_equal(trained.batch_stats, state.batch_stats)  # BatchNorm ran in train mode
     z, logits = trainer.embed_and_logits(trained, x)
-    assert z.shape == (n, 512) and logits.shape == (n, 4)
+    assert z.shape == (n, 512) and logits.shape == (n, classes)
     assert bool(jnp.all(jnp.isfinite(logits)))
 
 

@@ -1,5 +1,5 @@
 """Data-parallel training on the pool mesh: the same fit as on one device (up to float summation
-order) on meshes of 1, 2 and 4 devices and on both loops, with the pool replicated or split by
+order) on meshes of 1 and 4 devices and on both loops, with the pool replicated or split by
 rows; the compiled step really is partitioned (batch split, gradients all-reduced); a bad
 batch_size is refused; a rerun on the same mesh is bit-identical; evaluation matches too."""
 import dataclasses
@@ -69,8 +69,11 @@ def single():
 
 
 @pytest.mark.parametrize("loop", ["device", "host"])
-@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("k", [1, 4])
 def test_fit_on_a_mesh_matches_the_single_device_fit(single, loop, k):
+    """A mesh of one (no split) and of 4 (8-row batches split 2 rows a device). A mesh of 2
+    would run the same partitioned program at another width; the pool split by rows is fitted
+    on the mesh of 4 only, as on one device the split is the whole pool on that device."""
     x, y, mask = _toy_pool()
     ref_trainer, ref_state, ref_stats = single[loop]
     trainer = _trainer(loop, k)
@@ -81,10 +84,10 @@ def test_fit_on_a_mesh_matches_the_single_device_fit(single, loop, k):
     _assert_close(state.opt_state, ref_state.opt_state)
     assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state.params))
     assert {d for leaf in jax.tree.leaves(state.params) for d in leaf.sharding.device_set} == set(jax.devices()[:k])
-    # The pool split by rows (put_rows, padded to the mesh) trains the same as a replicated one.
-    rows_state, rows_stats = _fit(trainer, put_rows(trainer.mesh, x), put_rows(trainer.mesh, y), mask)
-    assert rows_stats.epochs == stats.epochs
-    _assert_close(rows_state.params, state.params)
+    if k > 1:  # The pool split by rows (put_rows, padded to the mesh) trains the same as a replicated one.
+        rows_state, rows_stats = _fit(trainer, put_rows(trainer.mesh, x), put_rows(trainer.mesh, y), mask)
+        assert rows_stats.epochs == stats.epochs
+        _assert_close(rows_state.params, state.params)
     # Evaluation on the mesh: same predictions, same accuracy.
     np.testing.assert_allclose(trainer.logits(state, x), ref_trainer.logits(ref_state, x), rtol=1e-5, atol=1e-5)
     assert trainer.evaluate(state, x, y) == ref_trainer.evaluate(ref_state, x, y)
@@ -174,19 +177,26 @@ def test_data_parallel_is_off_by_default():
     assert _trainer("device").mesh is None
 
 
+def _runner_config(name, strategies, data_parallel=True, batch_size=32):
+    """The runner tests' experiment: one round on 200 digits. Both tests train the same way, so the
+    second reuses the first's compiled trainer (the session's compilation cache)."""
+    from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
+
+    return ExperimentConfig(
+        name=name, data=DataConfig(name="digits", max_train=200, max_test=100),
+        model=ModelConfig(name="mlp", embed_dim=16),
+        train=TrainConfig(learning_rate=3e-3, batch_size=batch_size, max_epochs=10, data_parallel=data_parallel),
+        loop=LoopConfig(initial_size=20, budget=10, rounds=1), strategies=strategies, seeds=(1,),
+    )
+
+
 def test_runner_data_parallel(tmp_path):
     """train.data_parallel: the runner trains on a mesh of all 8 devices; the random strategy's
     run (its queries do not depend on the model) reaches the same accuracies as on one device."""
-    from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
     from alfamix_jax.experiment.runner import check_config, run_experiment
 
     def config(data_parallel, batch_size=32):
-        return ExperimentConfig(
-            name="dp", data=DataConfig(name="digits", max_train=200, max_test=100),
-            model=ModelConfig(name="mlp", embed_dim=16),
-            train=TrainConfig(learning_rate=3e-3, batch_size=batch_size, max_epochs=10, data_parallel=data_parallel),
-            loop=LoopConfig(initial_size=20, budget=10, rounds=1), strategies=("random",), seeds=(1,),
-        )
+        return _runner_config("dp", ("random",), data_parallel, batch_size)
 
     with pytest.raises(ValueError, match="train.batch_size 36 must be a multiple of the 8 devices"):
         check_config(config(True, batch_size=36))
@@ -205,7 +215,6 @@ def test_runner_selects_on_the_pool_mesh(tmp_path, monkeypatch):
     gets mesh=None and the log says so, once per strategy. Both query valid batches (the runner
     checks every batch with check_query)."""
     from alfamix_jax.experiment.checkpoint import RunCheckpointer
-    from alfamix_jax.experiment.config import DataConfig, ExperimentConfig, LoopConfig, ModelConfig
     from alfamix_jax.experiment.runner import Workbench, run_dir, run_experiment
     from alfamix_jax.strategies import alfamix as presets
 
@@ -218,13 +227,7 @@ def test_runner_selects_on_the_pool_mesh(tmp_path, monkeypatch):
 
     make_selector = presets.make_alfamix_selector
     monkeypatch.setattr(presets, "make_alfamix_selector", spy)
-    config = ExperimentConfig(
-        name="dp-select", data=DataConfig(name="digits", max_train=200, max_test=100),
-        model=ModelConfig(name="mlp", embed_dim=16),
-        train=TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=5, data_parallel=True),
-        loop=LoopConfig(initial_size=20, budget=10, rounds=1),
-        strategies=("alfamix", "alfamix_labelled_anchors"), seeds=(1,),
-    )
+    config = _runner_config("dp-select", ("alfamix", "alfamix_labelled_anchors"))
     logged = []
     records = run_experiment(config, str(tmp_path), progress=False, log=logged.append)
     assert [r["labelled"] for r in records] == [20, 30] * 2

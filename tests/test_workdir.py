@@ -58,19 +58,29 @@ def test_different_strategies_at_once_into_one_workdir(whole, tmp_path):
         read_csv(whole / "w" / "results.csv"))
 
 
-def test_results_are_rebuilt_from_every_run_on_disk(tmp_path):
+@pytest.fixture(scope="module")
+def two_by_two(tmp_path_factory):
+    """small_config(**TWO_BY_TWO) run once -> (config, workdir); tests that change the workdir copy it."""
     config = small_config(**TWO_BY_TWO)
-    run_experiment(config, str(tmp_path), **QUIET)
+    path = tmp_path_factory.mktemp("two_by_two") / "w"
+    run_experiment(config, str(path), **QUIET)
+    return config, path
+
+
+def test_results_are_rebuilt_from_every_run_on_disk(tmp_path, two_by_two):
+    config, done = two_by_two
+    work = tmp_path / "w"
+    shutil.copytree(done, work, symlinks=True)
     fewer = dataclasses.replace(config, strategies=("alfamix",), seeds=(1,))
-    run_experiment(fewer, str(tmp_path), **QUIET)  # nothing to do for it, but the file is rewritten
-    rows = read_csv(tmp_path / "results.csv")
+    run_experiment(fewer, str(work), **QUIET)  # nothing to do for it, but the file is rewritten
+    rows = read_csv(work / "results.csv")
     assert {(r["strategy"], r["seed"]) for r in rows} == {(s, str(seed)) for s in ("alfamix", "random")
                                                            for seed in (1, 2)}
-    (tmp_path / "results.csv").unlink()
+    (work / "results.csv").unlink()
     more = dataclasses.replace(config, seeds=(1, 2, 3), strategies=("random",))
-    run_experiment(more, str(tmp_path), **QUIET)
-    assert len(read_csv(tmp_path / "results.csv")) == 5 * 3  # 4 old runs + random seed 3, 3 rounds each
-    saved = json.loads((tmp_path / "config.json").read_text())
+    run_experiment(more, str(work), **QUIET)
+    assert len(read_csv(work / "results.csv")) == 5 * 3  # 4 old runs + random seed 3, 3 rounds each
+    saved = json.loads((work / "config.json").read_text())
     assert saved["strategies"] == ["alfamix", "random"] and saved["seeds"] == [1, 2, 3]  # every run so far
 
 
@@ -148,12 +158,20 @@ def test_atomic_files_honour_the_umask_and_leave_no_temporary(tmp_path, umask, m
     assert (tmp_path / "out.bin").read_bytes() == b"x" and os.listdir(tmp_path) == ["out.bin"]
 
 
-@pytest.mark.parametrize("damage", ["empty meta", "missing arrays"])
-def test_resume_falls_back_past_a_corrupt_step_and_names_it(tmp_path, damage):
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished run (random, seed 1, 4 rounds) -> (config, its records, its workdir). Tests copy the
+    workdir before they damage it: a fresh run of the same config writes the same files."""
     config = small_config(strategies=("random",), seeds=(1,), loop=LoopConfig(initial_size=20, budget=10, rounds=3))
-    whole = run_experiment(config, str(tmp_path / "whole"), **QUIET)
+    path = tmp_path_factory.mktemp("finished") / "w"
+    return config, run_experiment(config, str(path), **QUIET), path
+
+
+@pytest.mark.parametrize("damage", ["empty meta", "missing arrays"])
+def test_resume_falls_back_past_a_corrupt_step_and_names_it(tmp_path, finished_run, damage):
+    config, whole, finished = finished_run
     work = str(tmp_path / "w")
-    run_experiment(config, work, **QUIET)
+    shutil.copytree(finished, work, symlinks=True)
     run = run_dir(work, "random", 1)
     newest = finished_steps(run)[0]
     if damage == "empty meta":
@@ -174,22 +192,21 @@ def test_resume_falls_back_past_a_corrupt_step_and_names_it(tmp_path, damage):
     assert os.listdir(os.path.join(work, "runs", "corrupt"))  # moved aside, not deleted
 
 
-def test_runs_without_config_json_is_an_error_saying_what_to_do(tmp_path):
-    config = small_config(strategies=("random",), seeds=(1,), loop=LoopConfig(initial_size=20, budget=10, rounds=1))
-    run_experiment(config, str(tmp_path), **QUIET)
-    (tmp_path / "config.json").unlink()
+def test_runs_without_config_json_is_an_error_saying_what_to_do(tmp_path, finished_run):
+    config, _, finished = finished_run
+    shutil.copytree(finished, tmp_path / "w", symlinks=True)
+    (tmp_path / "w" / "config.json").unlink()
     with pytest.raises(ValueError, match="holds runs but no config.json.*--print-config"):
-        run_experiment(config, str(tmp_path), **QUIET)
+        run_experiment(config, str(tmp_path / "w"), **QUIET)
 
 
 # --------------------------------------------------------------------------- the record of picks
 
 
-def test_picks_record_every_round_and_match_the_checkpoints(tmp_path):
-    config = small_config(**TWO_BY_TWO)
-    run_experiment(config, str(tmp_path), **QUIET)
-    rows = read_csv(tmp_path / "picks.csv")
-    masks = labelled_masks(tmp_path, config)
+def test_picks_record_every_round_and_match_the_checkpoints(two_by_two):
+    config, work = two_by_two  # read only
+    rows = read_csv(work / "picks.csv")
+    masks = labelled_masks(work, config)
     for (strategy, seed), mask in masks.items():
         mine = [r for r in rows if r["strategy"] == strategy and r["seed"] == str(seed)]
         by_round = {}
@@ -210,30 +227,40 @@ def test_picks_record_every_round_and_match_the_checkpoints(tmp_path):
 # --------------------------------------------------------------------------- stops and exits
 
 
-@pytest.mark.parametrize("sig,code,name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
-def test_a_stop_is_one_line_and_the_rerun_completes_it(whole, tmp_path, sig, code, name):
-    config_path = whole / "killable.py"
-    proc = _cli("--config", config_path, "--workdir", tmp_path / "w", "--no-progress")
+def _stop_after(config_path, workdir, rows, sig):
+    """Run CLI_CONFIG into `workdir`, send `sig` once results.csv holds `rows` rows (or more)
+    -> (exit code, stderr)."""
+    proc = _cli("--config", config_path, "--workdir", workdir, "--no-progress")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         try:
-            if len(read_csv(tmp_path / "w" / "results.csv")) >= 3:
+            if len(read_csv(workdir / "results.csv")) >= rows:
                 break
         except (FileNotFoundError, KeyError):
             pass
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err[-2000:]
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"alfamix-jax run: interrupted ({name}) in round ") and last.endswith(
-        "rerun the same command to resume"), last
-    finish = _cli("--config", config_path, "--workdir", tmp_path / "w", "--no-progress")
+    return proc.returncode, err
+
+
+def test_a_stop_is_one_line_and_the_rerun_completes_it(whole, tmp_path):
+    """Ctrl-C, then (in the rerun that resumes it) SIGTERM, then a rerun to the end: each stop exits
+    with its code and one line, and the twice-resumed run equals the uninterrupted one. One chain of
+    three processes rather than a stop-and-finish pair per signal: the same checks, one full run fewer."""
+    config_path, work = whole / "killable.py", tmp_path / "w"
+    for rows, sig, code, name in [(3, signal.SIGINT, 130, "Ctrl-C"), (7, signal.SIGTERM, 143, "SIGTERM")]:
+        returncode, err = _stop_after(config_path, work, rows, sig)
+        assert returncode == code, (name, err[-2000:])
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"alfamix-jax run: interrupted ({name}) in round ") and last.endswith(
+            "rerun the same command to resume"), last
+        assert len(read_csv(work / "results.csv")) < 20, "stopped after the last round: nothing left to resume"
+    finish = _cli("--config", config_path, "--workdir", work, "--no-progress")
     _, err = finish.communicate(timeout=600)
     assert finish.returncode == 0, err[-2000:]
-    assert without_timing(read_csv(tmp_path / "w" / "results.csv")) == without_timing(
-        read_csv(whole / "w" / "results.csv"))
+    assert without_timing(read_csv(work / "results.csv")) == without_timing(read_csv(whole / "w" / "results.csv"))
 
 
 @pytest.mark.parametrize("cause", [errno.ENOSPC, errno.EROFS])
@@ -309,12 +336,14 @@ def test_an_error_in_user_code_is_one_line_and_debug_shows_the_traceback(tmp_pat
     assert "Traceback" in err and "my config is broken" in err
 
 
-def test_per_round_lines_when_stderr_is_not_a_terminal(tmp_path):
+def test_per_round_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """In this process: what it checks is the stream (capsys's stderr is not a terminal either), not a process."""
     config_path = tmp_path / "c.py"
     config_path.write_text(ONE_RUN_CONFIG)
-    proc = _cli("--config", config_path, "--workdir", tmp_path / "w")  # stderr is a pipe
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    code = main(["run", "--config", str(config_path), "--workdir", str(tmp_path / "w"), "--no-report",
+                 "--no-compile-cache"])
+    err = capsys.readouterr().err
+    assert code == 0, err
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("[")]
     assert [line.split(":")[0] for line in lines] == ["[1/2] random seed 1 round 0", "[2/2] random seed 1 round 1"]
