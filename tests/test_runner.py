@@ -12,8 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from support import CLI_CONFIG, cli_run  # noqa: F401 (CLI_CONFIG re-exported)
-from test_training import RESNET
+from support import CLI_CONFIG, RESNET, cli_run  # noqa: F401 (CLI_CONFIG re-exported)
 
 from alfamix_jax.experiment.config import (
     DataConfig,
@@ -115,8 +114,8 @@ def test_mlp_two_rounds_on_digits(tmp_path):
 
 @pytest.mark.parametrize("model,shape", [("cnn", (16, 16, 1)), ("resnet18", RESNET["shape"])])
 def test_image_models_two_rounds(tmp_path, model, shape):
-    """The CNN on 16x16 images (it pools them twice, as 28x28 ones). The ResNet-18 run uses test_training.py's
-    RESNET settings (images, pool, batch, optimiser, final labelled count 12 + 2 * 6 = 24), so one
+    """The CNN on 16x16 images (it pools them twice, as 28x28 ones). The ResNet-18 run uses support.RESNET's
+    settings, as test_training.py does (images, pool, batch, optimiser, final labelled count 12 + 2 * 6 = 24), so one
     compilation of its step and eval programs serves both files."""
     path = write_image_npz(tmp_path / "images.npz", shape=shape, n_train=RESNET["pool"])
     config = small_config(

@@ -7,16 +7,13 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
-from support import count_compiles
+from support import RESNET, count_compiles
 
 from alfamix_jax.experiment.models import linear_head_params, make_model
 from alfamix_jax.experiment.training import TrainConfig, TrainState, make_optimizer, make_trainer, min_correct_to_stop
 from alfamix_jax.selection.heads import linear_head_apply
 
 N, DIM, CLASSES = 120, 6, 3
-# ResNet-18 on CIFAR-sized images (kept: 16x16 ones measured slower per step on XLA:CPU, not faster);
-# test_runner.py's resnet18 run uses the same pool, classes, batch, optimiser and final labelled count.
-RESNET = dict(shape=(32, 32, 3), classes=3, pool=90, batch_size=16, learning_rate=1e-3, max_labelled=24)
 
 
 def _toy_pool(seed=0, n=N):
