@@ -303,13 +303,19 @@ def test_run_settings_must_be_finite_and_in_range(tmp_path, capsys, override, na
     assert not (tmp_path / "w").exists()
 
 
-def test_print_config_version_and_strategies(capsys):
+def test_print_config_version_and_strategies(tmp_path, capsys):
     from alfamix_jax import __version__
     from alfamix_jax.strategies import STRATEGIES
 
-    assert main(["run", "--config", "fashion_mnist_mlp", "--print-config", "--set", "seeds=3"]) == 0
+    absent = str(tmp_path / "absent")  # a printed config reads no data: no IDX files needed
+    assert main(["run", "--config", "fashion_mnist_mlp", "--print-config", "--set", "seeds=3",
+                 "--set", f"data.data_dir={absent}"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(load_config("fashion_mnist_mlp").to_json()) | {"seeds": [3]}
+    assert printed == json.loads(load_config("fashion_mnist_mlp").to_json()) | {"seeds": [3], "data": printed["data"]}
+    assert printed["data"] == json.loads(load_config("fashion_mnist_mlp").to_json())["data"] | {"data_dir": absent}
+    assert main(["run", "--config", "fashion_mnist_mlp", "--set", f"data.data_dir={absent}",
+                 "--workdir", str(tmp_path / "w")]) == 2  # running it does need them
+    assert absent in capsys.readouterr().err and not (tmp_path / "w").exists()
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"alfamix-jax {__version__}"

@@ -53,7 +53,9 @@ def command(args) -> int:
     from alfamix_jax.experiment.runner import RunInterrupted, check_config, run_experiment
 
     config = apply_overrides(load_config(args.config), args.overrides)
-    check_config(config)  # before the compile cache and JAX start: bad configs fail in well under a second
+    # Before the compile cache and JAX start: bad configs fail in well under a second. A printed
+    # config reads no data, so it is printed on a machine without the data's files too.
+    check_config(config, files=not args.print_config)
     if args.print_config:
         print(config.to_json())
         return 0

@@ -22,15 +22,15 @@ INT64_MAX = 2**63 - 1
 MAX_ROUNDS = 100_000  # a bound for the per-round checks; each round also needs rows of the pool
 
 
-def check_config(config: ExperimentConfig) -> None:
+def check_config(config: ExperimentConfig, *, files: bool = True) -> None:
     """The whole config: every number finite and in range, the data and model names, the
     selector and baseline settings, the strategies (registered by then, a config file's own
-    too), the loop and the training settings."""
+    too), the loop and the training settings; with files, that the data's files are there."""
     from alfamix_jax.experiment.data import check_dataset_args
 
     check_numbers(config)
     d = config.data
-    check_dataset_args(d.name, data_dir=d.data_dir, path=d.path, normalisation=d.normalisation)
+    check_dataset_args(d.name, data_dir=d.data_dir, path=d.path, normalisation=d.normalisation, files=files)
     _check_data_and_model(config)
     _check_settings(config)
     _check_strategies(config)

@@ -2,6 +2,34 @@
 import jax
 import jax.numpy as jnp
 
+# Labelled rows per partial sum of the class sums (`_class_sums`).
+ANCHOR_TILE = 64
+
+
+def _class_sums(embeddings: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """Per-class sums [C, D] of the labelled rows, added in one fixed order: the labelled
+    rows in row order, ANCHOR_TILE at a time, each tile's product added to the running
+    sums in turn. Why not one [C, N] x [N, D] product: its float32 rounding follows N and
+    where the labelled rows sit, so the whole pool on one device and a mesh's gathered
+    labelled rows gave anchors 1 ulp apart. Here both visit the same tiles, and only
+    ceil(L / ANCHOR_TILE) tiles of the L labelled rows are read.
+    embeddings: [N, D]; labels: [N] int, -1 = unlabelled."""
+    n, dim = embeddings.shape
+    labelled = labels >= 0
+    count = jnp.sum(labelled, dtype=jnp.int32)
+    order = jnp.nonzero(labelled, size=n, fill_value=0)[0]  # [N] labelled rows first, in row order
+
+    def add_tile(j: jax.Array, sums: jax.Array) -> jax.Array:
+        rank = j * ANCHOR_TILE + jnp.arange(ANCHOR_TILE)  # [T] places among the labelled rows
+        real = rank < count
+        rows = order[jnp.minimum(rank, n - 1)]
+        x = jnp.where(real[:, None], embeddings[rows], 0.0)  # [T, D]; a non-finite unlabelled row adds nothing
+        one_hot = jax.nn.one_hot(jnp.where(real, labels[rows], -1), num_classes, dtype=embeddings.dtype)  # [T, C]
+        return sums + jnp.dot(one_hot.T, x, precision="highest")  # float32 on GPUs too, not TF32
+
+    tiles = (count + ANCHOR_TILE - 1) // ANCHOR_TILE
+    return jax.lax.fori_loop(0, tiles, add_tile, jnp.zeros((num_classes, dim), embeddings.dtype))
+
 
 def compute_anchors(embeddings: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
     """Mean labelled embedding per class; a class with no labelled row takes
@@ -9,11 +37,11 @@ def compute_anchors(embeddings: jax.Array, labels: jax.Array, num_classes: int) 
 
     embeddings: [N, D]; labels: [N] int, -1 = unlabelled. -> [C, D].
     Works on the whole pool with a mask, so its shapes do not change as the
-    labelled set grows.
+    labelled set grows; the same bits for the whole pool and for its labelled
+    rows gathered in row order (`_class_sums`), so on one device and on a mesh.
     """
-    one_hot = jax.nn.one_hot(labels, num_classes, dtype=embeddings.dtype)  # [N, C]; -1 -> zeros
-    sums = jnp.dot(one_hot.T, embeddings, precision="highest")  # [C, D], the one pass (float32, not TF32)
-    counts = one_hot.sum(axis=0)  # [C]
+    sums = _class_sums(embeddings, labels, num_classes)  # [C, D]
+    counts = jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=embeddings.dtype), axis=0)  # [C]; -1 -> zeros
     # Every labelled row is in exactly one class, so the class sums add up to
     # the labelled sum: no second pass for the all-labelled mean.
     overall = sums.sum(axis=0) / jnp.maximum(counts.sum(), 1.0)  # [D]

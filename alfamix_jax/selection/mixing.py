@@ -254,19 +254,22 @@ class _LinearMix(NamedTuple):
     so its logits are base + (alpha * z) W^T, with the logits of u computed once per chunk,
     not once per step. Their last bits may differ from the general path's logits of
     (1 - alpha) u + alpha a; tests/test_learned_fast.py checks that the flips do not. rho is
-    the general path's `_rho` of that mix: computed as ||alpha * z|| / ||z||, its last bit
-    followed the rows' layout (a mesh's rho_min differed from one device's by 1 ulp)."""
+    ||alpha * z|| / ||z||, ||z|| once per chunk: within float32 rounding of the general
+    path's `_rho`, and the same on any mesh, as every chunk has the same shape. (The general
+    path's `_rho` of (1 - alpha) u + alpha a here gave a mesh of 8 a rho_min 1 ulp off one
+    device's on a 2-core AMD EPYC with AVX-512.)"""
 
-    u: jax.Array  # [c, D]
-    anchor: jax.Array  # [D]
     z: jax.Array  # [c, D] anchor - u
     base: jax.Array  # [c, C] logits of u
     pseudo: jax.Array  # [c]
+    z_norm: jax.Array  # [c] ||z||, at least 1e-30 (as in `_rho`)
 
     @staticmethod
     def of(head: LinearHead, u: jax.Array, anchor: jax.Array, pseudo: jax.Array) -> "_LinearMix":
         """u [c, D], anchor [D], pseudo [c]."""
-        return _LinearMix(u, anchor, anchor - u, linear_head_apply(head, u), pseudo)
+        z = anchor - u
+        z_norm = jnp.maximum(jnp.linalg.norm(z, axis=-1), 1e-30)
+        return _LinearMix(z, linear_head_apply(head, u), pseudo, z_norm)
 
     def check(self, head: LinearHead, alpha: jax.Array, flipped: jax.Array,
               rho: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -275,7 +278,7 @@ class _LinearMix(NamedTuple):
         moved = alpha * self.z  # [c, D] mix - u
         logits = self.base + jnp.dot(moved, head.weight.T, precision="highest")
         now = jnp.argmax(logits, axis=-1) != self.pseudo
-        rho_now = _rho((1.0 - alpha) * self.u + alpha * self.anchor, self.u, self.anchor)
+        rho_now = jnp.sqrt(jnp.sum(moved * moved, axis=-1)) / self.z_norm  # one pass over moved, not three arrays
         return logits, flipped | now, jnp.where(now, jnp.minimum(rho, rho_now), rho)
 
 

@@ -33,11 +33,11 @@ __all__ = ["DATASETS", "Dataset", "check_dataset_args", "load_dataset"]
 
 
 def check_dataset_args(name: str, *, data_dir: str | None = None, path: str | None = None,
-                       normalisation: str = "dataset") -> None:
+                       normalisation: str = "dataset", files: bool = True) -> None:
     """Validate a dataset name with its data_dir / path cheaply (no loading, no TFDS import).
 
     Raises ValueError for an unknown name, a data_dir or path the dataset does not take, a missing
-    one it needs, or a directory/file without the expected contents.
+    one it needs, or (files=True) a directory/file without the expected contents.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -50,6 +50,8 @@ def check_dataset_args(name: str, *, data_dir: str | None = None, path: str | No
     if normalisation != "dataset" and name not in _NORMALISED:
         raise ValueError(f"normalisation {normalisation!r}: dataset {name!r} is not standardised with image "
                          f"statistics; only {', '.join(_NORMALISED)} take another normalisation than 'dataset'")
+    if not files:
+        return
     if name == "fashion_mnist":
         from alfamix_jax.experiment.data.fashion_mnist import DEFAULT_IDX_DIR
         from alfamix_jax.experiment.data.idx import find_idx_files
