@@ -13,7 +13,7 @@ import pytest
 from sharded_cases import CASE, case_pool, run_case
 from support import count_compiles
 
-from alfamix_jax import make_alfamix_selector, shard_pool
+from alfamix_jax import compute_anchors, make_alfamix_selector, shard_pool
 from alfamix_jax.selection.layout import Rows
 from alfamix_jax.selection.mesh import pool_mesh
 
@@ -40,6 +40,26 @@ def one_device(case=CASE, **settings):
     select = make_alfamix_selector(budget=case["budget"], num_classes=case["num_classes"],
                                    block_size=case["block_size"], max_candidates=case["max_candidates"], **settings)
     return select(jax.random.key(7), jnp.asarray(x), jnp.asarray(labels), head)
+
+
+def test_anchors_of_the_whole_pool_equal_those_of_its_gathered_labelled_rows():
+    """compute_anchors over the pool (one device) and over its labelled rows gathered in row
+    order into a padded buffer (a mesh, `Selector._labelled_rows`): the same bits. 300
+    labelled rows (5 tiles of 64), class 4 with none, an unlabelled row that is NaN."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3001, 24)).astype(np.float32) * 3
+    labels = np.full(3001, -1, np.int32)
+    rows = np.sort(rng.choice(3000, 300, replace=False))
+    labels[rows] = rng.integers(0, 4, 300)
+    x[3000] = np.nan  # unlabelled: weighs nothing
+    whole = compute_anchors(jnp.asarray(x), jnp.asarray(labels), 5)
+    gathered = np.zeros(512, np.int32)
+    gathered[:300] = rows
+    buffer_labels = np.where(np.arange(512) < 300, labels[gathered], -1)
+    compact = compute_anchors(jnp.asarray(x[gathered]), jnp.asarray(buffer_labels), 5)
+    np.testing.assert_array_equal(np.asarray(whole).view(np.uint32), np.asarray(compact).view(np.uint32))
+    np.testing.assert_allclose(whole[0], x[rows[labels[rows] == 0]].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole[4], x[rows].mean(0), rtol=1e-5, atol=1e-6)  # no labelled row: the overall mean
 
 
 def test_the_devices_are_there():
