@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/alfamix-jax run --config demo --workdir runs/demo
 
+# Test processes (pytest-xdist). Each holds JAX with 8 CPU devices (3.5 GiB at its peak);
+# two keep a 2-core machine busy while one waits on a subprocess, a file or a compile.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check alfamix_jax tests experiments

@@ -6,7 +6,8 @@
 - One persistent XLA compilation cache for the whole session, in a temporary
   folder removed at the end: compilation dominates most tests, many build the
   same program afresh (a new selector, a new trainer), and every CLI
-  subprocess would otherwise compile everything again. It changes no result
+  subprocess would otherwise compile everything again. `make test` runs two
+  pytest-xdist workers; they inherit it from the controller, so they share it. It changes no result
   and no compile count (`count_compiles` counts cache hits too: the event wraps
   the lookup). Subprocesses inherit it through the environment, the CLI's own
   cache (ALFAMIX_JAX_CACHE_DIR) points at it too, so no test writes to
