@@ -6,8 +6,8 @@ import jax.numpy as jnp
 ANCHOR_TILE = 64
 
 
-def _class_sums(embeddings: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
-    """Per-class sums [C, D] of the labelled rows, added in one fixed order: the labelled
+def _class_sums(embeddings: jax.Array, labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """Per-class sums [C, D] and counts [C] of the labelled rows, added in one fixed order: the labelled
     rows in row order, ANCHOR_TILE at a time, each tile's product added to the running
     sums in turn. Why not one [C, N] x [N, D] product: its float32 rounding follows N and
     where the labelled rows sit, so the whole pool on one device and a mesh's gathered
@@ -19,16 +19,19 @@ def _class_sums(embeddings: jax.Array, labels: jax.Array, num_classes: int) -> j
     count = jnp.sum(labelled, dtype=jnp.int32)
     order = jnp.nonzero(labelled, size=n, fill_value=0)[0]  # [N] labelled rows first, in row order
 
-    def add_tile(j: jax.Array, sums: jax.Array) -> jax.Array:
+    def add_tile(j: jax.Array, totals: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         rank = j * ANCHOR_TILE + jnp.arange(ANCHOR_TILE)  # [T] places among the labelled rows
         real = rank < count
         rows = order[jnp.minimum(rank, n - 1)]
         x = jnp.where(real[:, None], embeddings[rows], 0.0)  # [T, D]; a non-finite unlabelled row adds nothing
         one_hot = jax.nn.one_hot(jnp.where(real, labels[rows], -1), num_classes, dtype=embeddings.dtype)  # [T, C]
-        return sums + jnp.dot(one_hot.T, x, precision="highest")  # float32 on GPUs too, not TF32
+        sums, counts = totals
+        # float32 products on GPUs too, not TF32; counts are whole numbers, exact in any order
+        return sums + jnp.dot(one_hot.T, x, precision="highest"), counts + one_hot.sum(axis=0)
 
     tiles = (count + ANCHOR_TILE - 1) // ANCHOR_TILE
-    return jax.lax.fori_loop(0, tiles, add_tile, jnp.zeros((num_classes, dim), embeddings.dtype))
+    init = (jnp.zeros((num_classes, dim), embeddings.dtype), jnp.zeros((num_classes,), embeddings.dtype))
+    return jax.lax.fori_loop(0, tiles, add_tile, init)
 
 
 def compute_anchors(embeddings: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
@@ -40,8 +43,7 @@ def compute_anchors(embeddings: jax.Array, labels: jax.Array, num_classes: int) 
     labelled set grows; the same bits for the whole pool and for its labelled
     rows gathered in row order (`_class_sums`), so on one device and on a mesh.
     """
-    sums = _class_sums(embeddings, labels, num_classes)  # [C, D]
-    counts = jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=embeddings.dtype), axis=0)  # [C]; -1 -> zeros
+    sums, counts = _class_sums(embeddings, labels, num_classes)  # [C, D], [C]
     # Every labelled row is in exactly one class, so the class sums add up to
     # the labelled sum: no second pass for the all-labelled mean.
     overall = sums.sum(axis=0) / jnp.maximum(counts.sum(), 1.0)  # [D]

@@ -38,10 +38,13 @@ def _flipped(head_apply: HeadApply, head_params: Any, mix: jax.Array, pseudo: ja
     return jnp.argmax(head_apply(head_params, mix), axis=-1) != pseudo
 
 
+def _z_norm(z: jax.Array) -> jax.Array:
+    """||a - u|| per row, at least 1e-30 (the denominator of rho). z: [b, D] -> [b]."""
+    return jnp.maximum(jnp.linalg.norm(z, axis=-1), 1e-30)
+
+
 def _rho(mix: jax.Array, u: jax.Array, anchor: jax.Array) -> jax.Array:
-    z = anchor - u
-    moved = jnp.linalg.norm(mix - u, axis=-1)
-    return moved / jnp.maximum(jnp.linalg.norm(z, axis=-1), 1e-30)
+    return jnp.linalg.norm(mix - u, axis=-1) / _z_norm(anchor - u)
 
 
 def closed_form_flips(head_apply: HeadApply, head_params: Any, block: Block, anchor: jax.Array, eps: jax.Array, *,
@@ -262,14 +265,13 @@ class _LinearMix(NamedTuple):
     z: jax.Array  # [c, D] anchor - u
     base: jax.Array  # [c, C] logits of u
     pseudo: jax.Array  # [c]
-    z_norm: jax.Array  # [c] ||z||, at least 1e-30 (as in `_rho`)
+    z_norm: jax.Array  # [c] `_z_norm(z)`
 
     @staticmethod
     def of(head: LinearHead, u: jax.Array, anchor: jax.Array, pseudo: jax.Array) -> "_LinearMix":
         """u [c, D], anchor [D], pseudo [c]."""
         z = anchor - u
-        z_norm = jnp.maximum(jnp.linalg.norm(z, axis=-1), 1e-30)
-        return _LinearMix(z, linear_head_apply(head, u), pseudo, z_norm)
+        return _LinearMix(z, linear_head_apply(head, u), pseudo, _z_norm(z))
 
     def check(self, head: LinearHead, alpha: jax.Array, flipped: jax.Array,
               rho: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -278,7 +280,7 @@ class _LinearMix(NamedTuple):
         moved = alpha * self.z  # [c, D] mix - u
         logits = self.base + jnp.dot(moved, head.weight.T, precision="highest")
         now = jnp.argmax(logits, axis=-1) != self.pseudo
-        rho_now = jnp.sqrt(jnp.sum(moved * moved, axis=-1)) / self.z_norm  # one pass over moved, not three arrays
+        rho_now = jnp.linalg.norm(moved, axis=-1) / self.z_norm  # one pass over moved, not three arrays
         return logits, flipped | now, jnp.where(now, jnp.minimum(rho, rho_now), rho)
 
 
