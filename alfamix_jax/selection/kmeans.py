@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from alfamix_jax.selection.reductions import first_index_of
+
 
 class KMeansResult(NamedTuple):
     centres: jax.Array  # [k, D]
@@ -263,8 +265,6 @@ class _PassStats(NamedTuple):
     best_d: jax.Array  # [k] squared distance of the nearest member (inf: none yet)
     best_i: jax.Array  # [k] int32 row of that member (ties: lowest row)
     inertia: jax.Array  # [] sum of squared distances to the assigned centre
-    shifted: jax.Array  # [D] sum of (row - x[0]): the spread's mean, taken about a row so it does not cancel
-    spread: jax.Array  # [] sum of |row - x[0]|^2
     assignment: jax.Array  # [M] int32 (a pass) or [size] (a block: its rows' clusters)
 
 
@@ -274,22 +274,20 @@ def _sub_stats(x: jax.Array, centres: jax.Array, start: jax.Array, fresh: jax.Ar
     k = centres.shape[0]
     rows = start + jnp.arange(size)
     xb = jax.lax.dynamic_slice_in_dim(x, start, size)
-    d = _sq_dists(xb, jnp.sum(xb * xb, axis=-1), centres)
-    a = jnp.argmin(d, axis=-1).astype(jnp.int32)
-    own = jnp.where(fresh, jnp.min(d, axis=-1), jnp.inf)  # d[a]: the same value
+    d = _sq_dists(xb, jnp.sum(xb * xb, axis=-1), centres)  # [size, k]
+    nearest = jnp.min(d, axis=-1)
+    a = first_index_of(d, nearest, axis=-1)  # jnp.argmin(d, axis=-1), vectorised
+    own = jnp.where(fresh, nearest, jnp.inf)
     w = fresh.astype(x.dtype)
     block_d = jax.ops.segment_min(own, a, num_segments=k)
     is_min = fresh & (own == block_d[a])
     sums, counts = _cluster_sums(xb * w[:, None], w, a, k)
-    about = jnp.where(fresh[:, None], xb - x[0], 0.0)  # [size, D]
     return _PassStats(
         sums=sums,
         counts=counts,
         best_d=block_d,
         best_i=jax.ops.segment_min(jnp.where(is_min, rows, m), a, num_segments=k),
         inertia=jnp.sum(jnp.where(fresh, own, 0.0)),
-        shifted=jnp.sum(about, axis=0),
-        spread=jnp.sum(about * about),
         assignment=a,
     )
 
@@ -342,8 +340,6 @@ def _combine(total: _PassStats, part: _PassStats, offset: jax.Array, fresh: jax.
         best_d=jnp.where(better, part.best_d, total.best_d),
         best_i=jnp.where(better, part.best_i, total.best_i),
         inertia=total.inertia + part.inertia,
-        shifted=total.shifted + part.shifted,
-        spread=total.spread + part.spread,
         assignment=jax.lax.dynamic_update_slice_in_dim(
             total.assignment, jnp.where(fresh, part.assignment, previous), offset, axis=0
         ),
@@ -363,8 +359,6 @@ def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
         best_d=jnp.full((k,), jnp.inf, dtype),
         best_i=jnp.full((k,), -1, jnp.int32),
         inertia=jnp.zeros((), dtype),
-        shifted=jnp.zeros((dim,), dtype),
-        spread=jnp.zeros((), dtype),
         assignment=jnp.full((m,), -1, jnp.int32),
     )
 
@@ -410,6 +404,16 @@ def _sharded_assign_pass(x: jax.Array, n_valid: jax.Array | int, centres: jax.Ar
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, k, x.dtype))
 
 
+def _mean_variance(x: jax.Array, n_valid: jax.Array | int) -> jax.Array:
+    """The mean per-feature variance of the first n_valid rows of x [M, D], once per
+    k-means: taken about x[0] so that the mean's square does not cancel the spread."""
+    valid = jnp.arange(x.shape[0]) < n_valid
+    about = jnp.where(valid[:, None], x - x[0], 0.0)  # [M, D]
+    count = jnp.maximum(n_valid, 1).astype(x.dtype)
+    spread = jnp.sum(about * about)
+    return jnp.maximum(spread - jnp.sum(jnp.sum(about, axis=0) ** 2) / count, 0.0) / (count * x.shape[1])
+
+
 _LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats]  # (done, iterations, centres [k, D], last pass)
 
 
@@ -441,7 +445,7 @@ def kmeans(
     device alike. The result is the same on any number of devices."""
     m, _ = x.shape
     size, num_blocks = _blocks(m, block_size, n_valid)
-    count = jnp.maximum(n_valid, 1).astype(x.dtype)
+    threshold = tol * _mean_variance(x, n_valid)  # scikit-learn's scale
 
     if seeding == "exact":
         centres = kmeans_plus_plus(key, x, n_valid, k)
@@ -467,9 +471,6 @@ def kmeans(
         out = run_pass(centres)
         sums, counts = out.sums, out.counts
         new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
-        # tol times the mean per-feature variance (scikit-learn's scale), from the pass's sums.
-        variance = jnp.maximum(out.spread - jnp.sum(out.shifted**2) / count, 0.0) / (count * x.shape[1])
-        threshold = tol * variance
         done = (jnp.sum((new - centres) ** 2) <= threshold) | (i + 1 >= max_iters)
         return done, i + 1, jnp.where(done, centres, new), out
 

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alfamix_jax.selection.reductions import first_index_of
 from alfamix_jax.strategies.baselines.coreset import ARGMAX_BLOCK, CENTRE_BLOCK, first_argmax
 from alfamix_jax.strategies.baselines.dropquery import map_row_blocks
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
@@ -98,7 +99,7 @@ def distance_to_labelled(p, log_p, labelled, *, block_size: int = 4096):
             d = 0.5 * (a_neg_entropy[None, :] + neg_entropy[idx][:, None] - cross)
             d = jnp.where(fresh[:, None], d, jnp.inf)
             d_min = jnp.min(d, axis=0)  # [R]
-            k = first_index_of(d, d_min)  # [R], what jnp.argmin(d, axis=0) gives
+            k = first_index_of(d, d_min, axis=0)  # [R], what jnp.argmin(d, axis=0) gives
             better = d_min < best
             return jnp.where(better, d_min, best), jnp.where(better, idx[k], best_idx)
 
@@ -109,16 +110,6 @@ def distance_to_labelled(p, log_p, labelled, *, block_size: int = 4096):
         return jnp.where(jnp.isinf(best), jnp.inf, exact)
 
     return map_row_blocks(block, n, block_size)
-
-
-def first_index_of(d, d_min):
-    """The first k with d[k, r] == d_min[r], for each r (jnp.argmin(d, axis=0) when
-    d_min is the column minimum), as a min over masked indices: XLA:CPU runs argmin
-    as a scalar loop, a masked min vectorised. d: [K, R], d_min: [R] -> [R] int32
-    (K - 1 where no entry matches: a column of NaNs)."""
-    k = d.shape[0]
-    hit = jnp.where(d == d_min[None, :], jnp.arange(k, dtype=jnp.int32)[:, None], k)
-    return jnp.minimum(jnp.min(hit, axis=0), k - 1)
 
 
 def greedy_steps(min_dist, p, log_p, budget: int):
