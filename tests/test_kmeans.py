@@ -12,8 +12,9 @@ from sklearn.datasets import make_blobs
 from support import count_compiles
 
 from alfamix_jax import kmeans
-from alfamix_jax.selection.diversity import _gather_points, normalise_rows_l2
+from alfamix_jax.selection.diversity import _gather_points
 from alfamix_jax.selection.layout import Rows
+from alfamix_jax.selection.points import Points, normalise_rows_l2, normalised
 
 SEEDS = range(5)
 
@@ -165,8 +166,30 @@ def test_the_buffer_gather_reads_the_real_rows(n_valid):
     rng = np.random.default_rng(0)
     embeddings = jnp.asarray(rng.normal(size=(3000, 8)).astype(np.float32))
     rows = jnp.asarray(rng.permutation(3000)[:2000].astype(np.int32))
-    gather = jax.jit(lambda e, r, n: _gather_points(Rows(None), e, r, n, normalise=True))
+    gather = jax.jit(lambda e, r, n: _gather_points(Rows(None), e, r, n))
     x = np.asarray(gather(embeddings, rows, n_valid))
-    want = np.asarray(normalise_rows_l2(embeddings[rows]))
     assert x.shape == (2000, 8)
-    np.testing.assert_array_equal(x[:n_valid], want[:n_valid])
+    np.testing.assert_array_equal(x[:n_valid], np.asarray(embeddings)[np.asarray(rows)][:n_valid])
+    if n_valid <= 1024:
+        assert not x[1024:].any()  # past the gathered prefix: zeros, no rows read
+
+
+@pytest.mark.parametrize("n_valid", [1, 300, 1999], ids=["one-row", "shifted-last-block", "nearly-all"])
+def test_the_normalised_view_equals_normalising_the_gathered_rows(n_valid):
+    # On one device k-means reads pool rows through the view; on a mesh, a buffer gathered
+    # first, through rows 0, 1, ... Each of the first n_valid rows must be the same bits both ways
+    # (blocks of 256: 300 rows end in a block shifted back), and the row L2-normalised.
+    rng = np.random.default_rng(1)
+    embeddings = jnp.asarray(rng.normal(size=(3000, 8)).astype(np.float32) * rng.uniform(0.1, 10, (3000, 1)))
+    rows = jnp.asarray(rng.permutation(3000)[:2000].astype(np.int32))
+    view = jax.jit(lambda e, r, n: normalised(Points(e, r), n))(embeddings, rows, n_valid)
+    read = jnp.pad(embeddings[rows], ((0, 100), (0, 0)))  # a buffer gathered first (a mesh), longer
+    dense = jax.jit(lambda x, n: normalised(Points(x, jnp.arange(2000, dtype=jnp.int32)), n))(read, n_valid)
+    got = np.asarray(view.take(jnp.arange(n_valid)))
+    np.testing.assert_array_equal(np.asarray(view.block(0, n_valid)), got)
+    np.testing.assert_array_equal(np.asarray(dense.block(0, n_valid)), got)
+    want = np.asarray(normalise_rows_l2(embeddings[rows]))[:n_valid]
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=0)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+
+

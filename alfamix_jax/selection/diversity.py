@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from alfamix_jax.selection.kmeans import kmeans
 from alfamix_jax.selection.layout import ROW, WHOLE, Layout, Rows
+from alfamix_jax.selection.points import Points, normalised
 
 DiversityFn = Callable[[jax.Array, jax.Array, jax.Array, int], jax.Array]
 # A k-means buffer read ahead: ((rows [capacity], n_valid []), x [capacity, D]).
@@ -34,11 +35,6 @@ class Clustering(NamedTuple):
 
 def no_clustering(count: jax.Array) -> Clustering:
     return Clustering(jnp.int32(0), jnp.float32(0.0), jnp.asarray(count, jnp.int32))
-
-
-def normalise_rows_l2(x: jax.Array) -> jax.Array:
-    """F.normalize(p=2, eps=1e-12), as the original does before k-means. x: [M, D]."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def take_all(layout: Layout, candidates: jax.Array, budget: int) -> jax.Array:
@@ -85,18 +81,15 @@ def kmeans_buffer(layout: Layout, key: jax.Array, candidates: jax.Array, capacit
 _GATHER_SIZES = (1024, 8192)  # row counts of the smaller gathers (`_gather_points`)
 
 
-def _gather_points(rows: Rows, embeddings: jax.Array, buffer_rows: jax.Array, n_valid: jax.Array,
-                   normalise: bool) -> jax.Array:
-    """embeddings [N, D] at buffer_rows [C] (the first n_valid real), L2-normalised unless
-    normalise=False, zero past the gathered rows. -> x [C, D]. Only the smallest of a few
-    static prefixes that holds the real rows is gathered (`lax.switch`): on a CPU a
-    20,000 x 512 row gather and its normalising cost ~50 ms, k-means on 600 of them less."""
+def _gather_points(rows: Rows, embeddings: jax.Array, buffer_rows: jax.Array, n_valid: jax.Array) -> jax.Array:
+    """embeddings [N, D] at buffer_rows [C] (the first n_valid real), zero past the gathered
+    rows, the same on every device. -> x [C, D]. Only the smallest of a few static prefixes
+    that holds the real rows is gathered (`lax.switch`): on a CPU a 20,000 x 512 row gather
+    costs ~50 ms, k-means on 600 of them less."""
     capacity = buffer_rows.shape[0]
 
     def prefix(size: int) -> jax.Array:
-        x = rows.gather(embeddings, buffer_rows[:size])  # [size, D]
-        x = normalise_rows_l2(x) if normalise else x
-        return jnp.pad(x, ((0, capacity - size), (0, 0)))
+        return jnp.pad(rows.gather(embeddings, buffer_rows[:size]), ((0, capacity - size), (0, 0)))
 
     sizes = [s for s in _GATHER_SIZES if s < capacity] + [capacity]
     if len(sizes) == 1:
@@ -114,25 +107,31 @@ def kmeans_picks(layout: Layout, key: jax.Array, embeddings: jax.Array | None, c
     the rows are chosen by `kmeans_buffer` and gathered from `embeddings`.
     On a mesh the Lloyd passes split their row blocks over the devices (`kmeans(axis_name=)`)."""
     subsample_key, kmeans_key = kmeans_keys(key)
-    if buffer is None:
+    # Every way reads its rows through a gather (`Points`: the same bits whichever array holds them).
+    if buffer is not None:
+        (buffer_rows, n_valid), source = buffer
+        points = Points(source, jnp.arange(source.shape[0], dtype=jnp.int32))
+    elif layout.mesh is None:  # the pool's own rows, read where k-means needs them (no copy)
         assert embeddings is not None, "kmeans_picks: give the embeddings or a buffer already read"
         buffer_rows, n_valid = kmeans_buffer(layout, subsample_key, candidates, capacity)
-        x = layout.run(functools.partial(_gather_points, normalise=normalise), (ROW, WHOLE, WHOLE), WHOLE)(
-            embeddings, buffer_rows, n_valid)
-    else:
-        (buffer_rows, n_valid), x = buffer
-        x = normalise_rows_l2(x) if normalise else x
+        points = Points(embeddings, buffer_rows)
+    else:  # gathered onto every device once: reading a block of them would be a collective
+        assert embeddings is not None, "kmeans_picks: give the embeddings or a buffer already read"
+        buffer_rows, n_valid = kmeans_buffer(layout, subsample_key, candidates, capacity)
+        gathered = layout.run(_gather_points, (ROW, WHOLE, WHOLE), WHOLE)(embeddings, buffer_rows, n_valid)
+        points = Points(gathered, jnp.arange(capacity, dtype=jnp.int32))
 
-    def cluster(rows: Rows, key: jax.Array, x: jax.Array, buffer_rows: jax.Array,
+    def cluster(rows: Rows, key: jax.Array, points: Points, buffer_rows: jax.Array,
                 n_valid: jax.Array) -> tuple[jax.Array, Clustering]:
-        result = kmeans(key, x, n_valid, budget, axis_name=rows.axis, **kmeans_kwargs)
+        points = normalised(points, n_valid) if normalise else points
+        result = kmeans(key, points, n_valid, budget, axis_name=rows.axis, **kmeans_kwargs)
         picks = jnp.where(result.picks >= 0, buffer_rows[jnp.maximum(result.picks, 0)], -1)
         return picks, Clustering(result.iterations, result.inertia.astype(jnp.float32), n_valid)
 
-    specs = (WHOLE,) * 4
+    specs = (WHOLE, jax.tree.map(lambda _: WHOLE, points), WHOLE, WHOLE)
     # The output's spec tree is a Clustering of spec strings, not arrays: built with _make, which takes any values.
     return layout.run(cluster, specs, (WHOLE, Clustering._make((WHOLE, WHOLE, WHOLE))))(
-        kmeans_key, x, buffer_rows, n_valid)
+        kmeans_key, points, buffer_rows, n_valid)
 
 
 def custom_picks(fn: DiversityFn, key: jax.Array, embeddings: jax.Array, candidates: jax.Array, eligible: jax.Array,

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from alfamix_jax.selection.points import Points, as_points
 from alfamix_jax.selection.reductions import first_index_of
 
 
@@ -98,7 +99,7 @@ def _seed(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: int) -> jax
     return centres
 
 
-def kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: int, *, shrink: int = 4,
+def kmeans_plus_plus(key: jax.Array, x: jax.Array | Points, n_valid: jax.Array | int, k: int, *, shrink: int = 4,
                      levels: int = 3) -> jax.Array:
     """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant):
     each new centre is the best of `2 + log k` points drawn with probability
@@ -110,7 +111,9 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: 
     rows, chosen once by `lax.switch`: a nearly empty buffer costs its
     content, not its size, and shapes stay static. Row blocks in a loop would
     do the same but cost 2x on a full buffer (sliced copies)."""
-    m = x.shape[0]
+    points = as_points(x)
+    m = points.shape[0]
+    x = points.source if points.rows is None and points.scale is None else points.take(jnp.arange(m))  # [M, D]
     prefixes = sorted({max(1, m // shrink**j) for j in range(levels)})  # ascending, last = m
     branch = jnp.searchsorted(jnp.asarray(prefixes), n_valid, side="left")
     branches = [lambda p=p: _seed(key, x[:p], n_valid, k) for p in prefixes]
@@ -217,7 +220,7 @@ def _padded(x: jax.Array, rows: int) -> jax.Array:
     return x[:rows] if rows <= x.shape[0] else jnp.pad(x, ((0, rows - x.shape[0]), (0, 0)))
 
 
-def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | int, k: int, *,
+def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array | Points, n_valid: jax.Array | int, k: int, *,
                              sample: int | None = None) -> jax.Array:
     """Greedy k-means++ (2 + log k trials per centre, as `kmeans_plus_plus`) over a
     uniform random sample of `sample` valid rows (default `sample_size(k)`; all of
@@ -227,7 +230,8 @@ def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | 
     panels of real rows only; the k sequential steps only look them up (unless that
     costs more, see `gram`). When there are at most 2k real rows, the seeding runs on
     the static prefix x[:2k] (chosen by `lax.cond`), so a small pool costs its rows."""
-    m = x.shape[0]
+    points = as_points(x)
+    m = points.shape[0]
     size = min(m, sample_size(k) if sample is None else sample)
     trials = 2 + int(math.log(k))
     u = _uniforms(key, m + k * trials)  # one draw: the sample's order, then the seeding's
@@ -242,7 +246,7 @@ def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | 
     def sampled() -> jax.Array:
         order = jnp.argsort(jnp.where(jnp.arange(m) < n_valid, u[:m], 2.0))[:size]  # valid rows first, shuffled
         rows = jnp.where(n_valid > size, order, jnp.arange(size))
-        xs = _padded(x[rows], top)
+        xs = _padded(points.take(rows), top)
         return xs[_greedy(seeds_u, xs, jnp.minimum(n_valid, size), k, gram(top))]
 
     # k-means runs on more points than centres: up to 2k of them, the seeding runs on a prefix.
@@ -251,7 +255,7 @@ def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array, n_valid: jax.Array | 
         return sampled()
 
     def prefix() -> jax.Array:
-        xs = _padded(x, small)
+        xs = _padded(points.take(jnp.arange(min(small, m))), small)
         return xs[_greedy(seeds_u, xs, n_valid, k, gram(small))]
 
     return jax.lax.cond(n_valid <= small, prefix, sampled)
@@ -268,12 +272,12 @@ class _PassStats(NamedTuple):
     assignment: jax.Array  # [M] int32 (a pass) or [size] (a block: its rows' clusters)
 
 
-def _sub_stats(x: jax.Array, centres: jax.Array, start: jax.Array, fresh: jax.Array, size: int) -> _PassStats:
+def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array, size: int) -> _PassStats:
     """The share of rows x[start:start + size] where fresh [size] (zero elsewhere)."""
     m = x.shape[0]
     k = centres.shape[0]
     rows = start + jnp.arange(size)
-    xb = jax.lax.dynamic_slice_in_dim(x, start, size)
+    xb = x.block(start, size)  # [size, D]
     d = _sq_dists(xb, jnp.sum(xb * xb, axis=-1), centres)  # [size, k]
     nearest = jnp.min(d, axis=-1)
     a = first_index_of(d, nearest, axis=-1)  # jnp.argmin(d, axis=-1), vectorised
@@ -292,7 +296,7 @@ def _sub_stats(x: jax.Array, centres: jax.Array, start: jax.Array, fresh: jax.Ar
     )
 
 
-def _block_stats(x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
                  j: jax.Array) -> _PassStats:
     """Block j's share of an assignment pass (zero where its rows are not new and valid),
     summed over its occupied sub-blocks of at most _SUB rows, in order: the same sums
@@ -363,7 +367,7 @@ def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
     )
 
 
-def _assign_pass(x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+def _assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
                  num_blocks: jax.Array | int) -> _PassStats:
     """One pass over the occupied blocks, in order, on this device."""
     m, dim = x.shape
@@ -374,7 +378,7 @@ def _assign_pass(x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, siz
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, centres.shape[0], x.dtype))
 
 
-def _sharded_assign_pass(x: jax.Array, n_valid: jax.Array | int, centres: jax.Array, size: int,
+def _sharded_assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
                          num_blocks: jax.Array | int, axis_name: str) -> _PassStats:
     """The same pass with its blocks split over the devices of `axis_name`
     (inside shard_map; x replicated). Each device computes its share of the
@@ -404,14 +408,22 @@ def _sharded_assign_pass(x: jax.Array, n_valid: jax.Array | int, centres: jax.Ar
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, k, x.dtype))
 
 
-def _mean_variance(x: jax.Array, n_valid: jax.Array | int) -> jax.Array:
+def _mean_variance(x: Points, n_valid: jax.Array | int) -> jax.Array:
     """The mean per-feature variance of the first n_valid rows of x [M, D], once per
-    k-means: taken about x[0] so that the mean's square does not cancel the spread."""
-    valid = jnp.arange(x.shape[0]) < n_valid
-    about = jnp.where(valid[:, None], x - x[0], 0.0)  # [M, D]
+    k-means, over the occupied sub-blocks only: taken about x[0] so that the mean's
+    square does not cancel the spread."""
+    m, dim = x.shape
+    size, num_blocks = _blocks(m, _SUB, n_valid)
+    first_row = x.block(0, 1)[0]  # [D]
+
+    def body(j: jax.Array, sums: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        start, _, fresh = _block_rows(m, size, n_valid, j)
+        about = jnp.where(fresh[:, None], x.block(start, size) - first_row, 0.0)  # [size, D]
+        return sums[0] + jnp.sum(about, axis=0), sums[1] + jnp.sum(about * about)
+
+    shifted, spread = jax.lax.fori_loop(0, num_blocks, body, (jnp.zeros((dim,), x.dtype), jnp.zeros((), x.dtype)))
     count = jnp.maximum(n_valid, 1).astype(x.dtype)
-    spread = jnp.sum(about * about)
-    return jnp.maximum(spread - jnp.sum(jnp.sum(about, axis=0) ** 2) / count, 0.0) / (count * x.shape[1])
+    return jnp.maximum(spread - jnp.sum(shifted**2) / count, 0.0) / (count * dim)
 
 
 _LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats]  # (done, iterations, centres [k, D], last pass)
@@ -419,7 +431,7 @@ _LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats]  # (done, itera
 
 def kmeans(
     key: jax.Array,
-    x: jax.Array,  # [M, D]
+    x: jax.Array | Points,  # [M, D]
     n_valid: jax.Array | int,
     k: int,
     *,
@@ -432,7 +444,8 @@ def kmeans(
 ) -> KMeansResult:
     """k-means++ then Lloyd until the centres move less than `tol` times the
     mean per-feature variance (scikit-learn's rule) or `max_iters`.
-    An empty cluster keeps its centre. x: [M, D]; rows past n_valid ignored.
+    An empty cluster keeps its centre. x: [M, D], an array or a `Points` view (rows of a
+    pool, read where needed: no [M, D] copy); rows past n_valid ignored (finite).
 
     seeding: "sample" (greedy k-means++ over a uniform sample of `sample` rows,
     default `sample_size(k)`; see `sampled_kmeans_plus_plus`) or "exact" (over
@@ -443,6 +456,7 @@ def kmeans(
     mesh axis, each Lloyd pass splits its row blocks over the devices (see
     `_sharded_assign_pass`); the seeding, k sequential steps, runs on every
     device alike. The result is the same on any number of devices."""
+    x = as_points(x)
     m, _ = x.shape
     size, num_blocks = _blocks(m, block_size, n_valid)
     threshold = tol * _mean_variance(x, n_valid)  # scikit-learn's scale
