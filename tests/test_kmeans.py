@@ -15,6 +15,7 @@ from alfamix_jax import kmeans
 from alfamix_jax.selection.diversity import _gather_points
 from alfamix_jax.selection.layout import Rows
 from alfamix_jax.selection.points import Points, normalise_rows_l2, normalised
+from alfamix_jax.selection.reductions import first_index_of
 
 SEEDS = range(5)
 
@@ -193,3 +194,15 @@ def test_the_normalised_view_equals_normalising_the_gathered_rows(n_valid):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
 
 
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_first_index_of_is_argmin_and_argmax_with_ties_to_the_lowest_index(axis):
+    # Few distinct values, so most rows hold ties: the lowest index must win, as jnp.argmin /
+    # jnp.argmax (and np) choose it; k-means' assignment and CDAL's greedy rely on this.
+    values = jnp.asarray(np.random.default_rng(0).integers(0, 4, size=(37, 23)).astype(np.float32))
+    got_min = first_index_of(values, jnp.min(values, axis=axis), axis=axis)
+    got_max = first_index_of(values, jnp.max(values, axis=axis), axis=axis)
+    np.testing.assert_array_equal(np.asarray(got_min), np.argmin(np.asarray(values), axis=axis))
+    np.testing.assert_array_equal(np.asarray(got_max), np.argmax(np.asarray(values), axis=axis))
+    assert got_min.dtype == jnp.int32
