@@ -20,7 +20,7 @@ Seeding (`kmeans(seeding=)`):
 
 The points live in a fixed-size buffer `x [M, D]` whose first `n_valid` rows
 are real (`n_valid` is a traced scalar). Lloyd passes loop over the occupied
-row blocks only, in sub-blocks of at most 256 rows; the seeding, when there
+row blocks only, in sub-blocks of `_sub_rows(k, D)` rows; the seeding, when there
 are at most 2k rows, runs on a static prefix of 2k rows. So the work follows the
 number of points actually there, while shapes stay static and nothing
 recompiles when that number changes.
@@ -131,7 +131,16 @@ def sample_size(k: int) -> int:
 
 _TILE = 128  # rows per tile of the seeding's Gram matrix and its prefix sums
 _GRAM_MAX = 8192  # the largest sample whose Gram matrix is built (256 MiB); past it, distances per step
-_SUB = 256  # most rows per Lloyd sub-block: a small pool costs its rows, not the block size
+_SUB = 256  # rows per block of the one-off passes (`_mean_variance`)
+
+
+def _sub_rows(k: int, dim: int) -> int:
+    """Rows per sub-block of a Lloyd pass: a power of 2, at least 256, with about 2^18 * 256
+    multiply-adds in its product (256 rows at k = 500, D = 512; 2048 at k = 100, D = 256).
+    Few enough that a small pool costs its rows, not the block size (a sub-block costs about
+    a millisecond here); enough that each product is worth its overhead: at k = 100,
+    D = 256, 29k rows, a pass took 2.1x as long in 256-row sub-blocks as in 1024-row ones."""
+    return 256 * 2 ** max(0, (2**18 // (k * dim)).bit_length() - 1)
 
 
 def _round_up(n: int, to: int) -> int:
@@ -299,11 +308,11 @@ def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array
 def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
                  j: jax.Array) -> _PassStats:
     """Block j's share of an assignment pass (zero where its rows are not new and valid),
-    summed over its occupied sub-blocks of at most _SUB rows, in order: the same sums
+    summed over its occupied sub-blocks of `_sub_rows(k, D)` rows, in order: the same sums
     whichever device computes the block."""
     m, dim = x.shape
     start, _, _ = _block_rows(m, size, n_valid, j)
-    sub = min(size, _SUB)
+    sub = min(size, _sub_rows(*centres.shape))
     first, end = j * size - start, jnp.minimum(n_valid, start + size) - start  # its new rows, block-relative
 
     def body(s: jax.Array, total: _PassStats) -> _PassStats:
@@ -450,8 +459,8 @@ def kmeans(
     seeding: "sample" (greedy k-means++ over a uniform sample of `sample` rows,
     default `sample_size(k)`; see `sampled_kmeans_plus_plus`) or "exact" (over
     every row, `kmeans_plus_plus`).
-    block_size: rows per block of a Lloyd pass (each block in sub-blocks of at most
-    256 rows, so a few real rows cost a few rows, not a block).
+    block_size: rows per block of a Lloyd pass (each block in sub-blocks of `_sub_rows(k, D)`
+    rows, 256 at k = 500 and D = 512, so a few real rows cost a few rows, not a block).
     axis_name: inside `shard_map`, with x replicated on every device of that
     mesh axis, each Lloyd pass splits its row blocks over the devices (see
     `_sharded_assign_pass`); the seeding, k sequential steps, runs on every
