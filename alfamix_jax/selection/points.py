@@ -26,11 +26,6 @@ def l2_norms(x: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.linalg.norm(x, axis=-1), NORM_EPS)
 
 
-def normalise_rows_l2(x: jax.Array) -> jax.Array:
-    """F.normalize(p=2, eps=1e-12), as the original does before k-means. x: [M, D]."""
-    return x / l2_norms(x)[:, None]
-
-
 class Points(NamedTuple):
     """M rows of D features: row i is source[rows[i]] / scale[i]."""
 
@@ -69,7 +64,7 @@ SCALE_BLOCK = 256  # rows per block of `normalised`'s pass
 
 
 def normalised(points: Points, n_valid: jax.Array | int) -> Points:
-    """The same rows L2-normalised (`normalise_rows_l2`): each of the first n_valid rows'
+    """The same rows L2-normalised (F.normalize: x / max(||x||, 1e-12)): each of the first n_valid rows'
     norm computed once, in blocks of SCALE_BLOCK rows over those rows only; the rest
     scale 1. points: unscaled."""
     m, _ = points.shape
