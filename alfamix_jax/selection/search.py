@@ -234,7 +234,7 @@ def linear_first_caps(
     # and redid it, |a|^2 (a reduction over the anchors) included, for every (row, anchor, cap):
     # 4 of the 12 ms of this function at 20k x 512, K = 10, S = 5.
     flipping = jax.lax.fori_loop(0, num_caps, lambda s, n: n + (e < eps[s]), jnp.zeros(e.shape, jnp.int32),
-                                 unroll=8)  # [b, K]: caps at which the row flips for the anchor
+                                 unroll=8)  # [b, K]: how many caps flip the row for the anchor
     per_anchor = num_caps - flipping  # [b, K] in [0, S]
     per_anchor = jnp.where((ok & has_direction)[:, None], per_anchor, num_caps)
     levels = jnp.arange(num_caps + 1, dtype=jnp.int32)
