@@ -15,7 +15,7 @@ from support import CLI_CONFIG, cli_run
 from test_runner import QUIET, labelled_masks, read_csv, small_config, without_timing
 
 from alfamix_jax.cli import main
-from alfamix_jax.experiment.checkpoint import finished_steps
+from alfamix_jax.experiment.checkpoint import finished_steps, signals_held
 from alfamix_jax.experiment.config import LoopConfig, load_config
 from alfamix_jax.experiment.runner import run_dir, run_experiment
 from alfamix_jax.experiment.workdir import LockHeld, hold_lock
@@ -242,6 +242,28 @@ def _stop_after(config_path, workdir, rows, sig):
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
+
+
+def test_a_signal_during_a_save_waits_for_the_save_then_acts_as_before():
+    # A checkpoint save holds Ctrl-C and SIGTERM: interrupted inside orbax, the process
+    # printed tracebacks at exit. Held, each must still act, once the block ends, through
+    # the handler that was there before, and that handler must be back.
+    terms = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terms.append(signum))
+    try:
+        inside = []
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                signal.raise_signal(signal.SIGINT)
+                inside.append("the block ran on")
+        assert inside == ["the block ran on"]
+        with signals_held():
+            signal.raise_signal(signal.SIGTERM)
+            assert terms == []
+        assert terms == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_stop_is_one_line_and_the_rerun_completes_it(whole, tmp_path):
