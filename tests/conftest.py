@@ -9,9 +9,9 @@
   subprocess would otherwise compile everything again. `make test` runs two
   pytest-xdist workers; they inherit it from the controller, so they share it.
   It changes no result and no compile count (`count_compiles` counts cache hits
-  too: the event wraps the lookup). Subprocesses inherit it through the environment, the CLI's own
-  cache (ALFAMIX_JAX_CACHE_DIR) points at it too, so no test writes to
-  ~/.cache. A cache the caller set already is kept.
+  too: the event wraps the lookup). Subprocesses inherit it through the
+  environment, the CLI's own cache (ALFAMIX_JAX_CACHE_DIR) points at it too,
+  so no test writes to ~/.cache. A cache the caller set already is kept.
 """
 import atexit
 import os

@@ -111,15 +111,14 @@ def kmeans_picks(layout: Layout, key: jax.Array, embeddings: jax.Array | None, c
     if buffer is not None:
         (buffer_rows, n_valid), source = buffer
         points = Points(source, jnp.arange(source.shape[0], dtype=jnp.int32))
-    elif layout.mesh is None:  # the pool's own rows, read where k-means needs them (no copy)
+    else:
         assert embeddings is not None, "kmeans_picks: give the embeddings or a buffer already read"
         buffer_rows, n_valid = kmeans_buffer(layout, subsample_key, candidates, capacity)
-        points = Points(embeddings, buffer_rows)
-    else:  # gathered onto every device once: reading a block of them would be a collective
-        assert embeddings is not None, "kmeans_picks: give the embeddings or a buffer already read"
-        buffer_rows, n_valid = kmeans_buffer(layout, subsample_key, candidates, capacity)
-        gathered = layout.run(_gather_points, (ROW, WHOLE, WHOLE), WHOLE)(embeddings, buffer_rows, n_valid)
-        points = Points(gathered, jnp.arange(capacity, dtype=jnp.int32))
+        if layout.mesh is None:  # the pool's own rows, read where k-means needs them (no copy)
+            points = Points(embeddings, buffer_rows)
+        else:  # gathered onto every device once: reading a block of them would be a collective
+            gathered = layout.run(_gather_points, (ROW, WHOLE, WHOLE), WHOLE)(embeddings, buffer_rows, n_valid)
+            points = Points(gathered, jnp.arange(capacity, dtype=jnp.int32))
 
     def cluster(rows: Rows, key: jax.Array, points: Points, buffer_rows: jax.Array,
                 n_valid: jax.Array) -> tuple[jax.Array, Clustering]:

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from alfamix_jax.selection.points import Points, as_points
+from alfamix_jax.selection.points import Points, as_points, block_rows, occupied_blocks
 from alfamix_jax.selection.reductions import first_index_of
 
 
@@ -42,20 +42,6 @@ class KMeansResult(NamedTuple):
     picks: jax.Array  # [k] int32 row nearest each centre among its members (-1: empty cluster)
     inertia: jax.Array  # [] sum of squared distances to the assigned centre
     iterations: jax.Array  # [] Lloyd iterations run
-
-
-def _blocks(m: int, block_size: int, n_valid: jax.Array | int) -> tuple[int, jax.Array | int]:
-    size = min(block_size, m)
-    return size, (n_valid + size - 1) // size
-
-
-def _block_rows(m: int, size: int, n_valid: jax.Array | int,
-                j: jax.Array | int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Start of block j (the last one shifted back to fit in the buffer) and
-    which of its rows are new to this block and valid."""
-    start = jnp.minimum(j * size, m - size)
-    rows = start + jnp.arange(size)
-    return start, rows, (rows >= j * size) & (rows < n_valid)
 
 
 def _sq_dists(x: jax.Array, sq_x: jax.Array, centres: jax.Array) -> jax.Array:
@@ -311,7 +297,7 @@ def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: 
     summed over its occupied sub-blocks of `_sub_rows(k, D)` rows, in order: the same sums
     whichever device computes the block."""
     m, dim = x.shape
-    start, _, _ = _block_rows(m, size, n_valid, j)
+    start, _, _ = block_rows(m, size, n_valid, j)
     sub = min(size, _sub_rows(*centres.shape))
     first, end = j * size - start, jnp.minimum(n_valid, start + size) - start  # its new rows, block-relative
 
@@ -361,7 +347,7 @@ def _combine(total: _PassStats, part: _PassStats, offset: jax.Array, fresh: jax.
 
 def _add_block(total: _PassStats, block: _PassStats, j: jax.Array, size: int, n_valid: jax.Array | int) -> _PassStats:
     """Add block j to a pass's totals."""
-    start, _, fresh = _block_rows(total.assignment.shape[0], size, n_valid, j)
+    start, _, fresh = block_rows(total.assignment.shape[0], size, n_valid, j)
     return _combine(total, block, start, fresh)
 
 
@@ -422,11 +408,11 @@ def _mean_variance(x: Points, n_valid: jax.Array | int) -> jax.Array:
     k-means, over the occupied sub-blocks only: taken about x[0] so that the mean's
     square does not cancel the spread."""
     m, dim = x.shape
-    size, num_blocks = _blocks(m, _SUB, n_valid)
+    size, num_blocks = occupied_blocks(m, _SUB, n_valid)
     first_row = x.block(0, 1)[0]  # [D]
 
     def body(j: jax.Array, sums: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        start, _, fresh = _block_rows(m, size, n_valid, j)
+        start, _, fresh = block_rows(m, size, n_valid, j)
         about = jnp.where(fresh[:, None], x.block(start, size) - first_row, 0.0)  # [size, D]
         return sums[0] + jnp.sum(about, axis=0), sums[1] + jnp.sum(about * about)
 
@@ -467,7 +453,7 @@ def kmeans(
     device alike. The result is the same on any number of devices."""
     x = as_points(x)
     m, _ = x.shape
-    size, num_blocks = _blocks(m, block_size, n_valid)
+    size, num_blocks = occupied_blocks(m, block_size, n_valid)
     threshold = tol * _mean_variance(x, n_valid)  # scikit-learn's scale
 
     if seeding == "exact":

@@ -56,6 +56,21 @@ class Points(NamedTuple):
         return x if self.scale is None else x / self.scale[idx][:, None]
 
 
+def occupied_blocks(m: int, block_size: int, n_valid: jax.Array | int) -> tuple[int, jax.Array | int]:
+    """Rows per block of M rows, and how many blocks hold the first n_valid."""
+    size = min(block_size, m)
+    return size, (n_valid + size - 1) // size
+
+
+def block_rows(m: int, size: int, n_valid: jax.Array | int,
+               j: jax.Array | int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Start of block j (the last one shifted back to fit in the M rows), its rows [size],
+    and which of them are new to this block and valid."""
+    start = jnp.minimum(j * size, m - size)
+    rows = start + jnp.arange(size)
+    return start, rows, (rows >= j * size) & (rows < n_valid)
+
+
 def as_points(x: "jax.Array | Points") -> Points:
     return x if isinstance(x, Points) else Points(x)
 
@@ -68,11 +83,11 @@ def normalised(points: Points, n_valid: jax.Array | int) -> Points:
     norm computed once, in blocks of SCALE_BLOCK rows over those rows only; the rest
     scale 1. points: unscaled."""
     m, _ = points.shape
-    size = min(SCALE_BLOCK, m)
+    size, num_blocks = occupied_blocks(m, SCALE_BLOCK, n_valid)
 
     def body(j: jax.Array, scale: jax.Array) -> jax.Array:
-        start = jnp.minimum(j * size, m - size)  # the last block shifted back to fit
+        start, _, _ = block_rows(m, size, n_valid, j)
         return jax.lax.dynamic_update_slice_in_dim(scale, l2_norms(points.block(start, size)), start, axis=0)
 
-    scale = jax.lax.fori_loop(0, (n_valid + size - 1) // size, body, jnp.ones((m,), points.dtype))
+    scale = jax.lax.fori_loop(0, num_blocks, body, jnp.ones((m,), points.dtype))
     return points._replace(scale=jnp.where(jnp.arange(m) < n_valid, scale, 1.0))
