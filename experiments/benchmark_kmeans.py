@@ -80,12 +80,14 @@ def load_modules(revision):
     return old, new
 
 
-def functions(jax, old, new, k):
-    """{impl: (seeding, kmeans)} jitted, k bound."""
+def functions(jax, old, new, k, n_valid):
+    """{impl: (seeding, kmeans)} jitted, k bound. The new code is told its seeding path
+    (`on_prefix`), as the selection tells it from the candidate count it reads on the host."""
+    known = dict(k=k, on_prefix=n_valid <= new.prefix_rows(k))
     return {
         "old": (jax.jit(functools.partial(old.kmeans_plus_plus, k=k)), jax.jit(functools.partial(old.kmeans, k=k))),
-        "new": (jax.jit(functools.partial(new.sampled_kmeans_plus_plus, k=k)),
-                jax.jit(functools.partial(new.kmeans, k=k))),
+        "new": (jax.jit(functools.partial(new.sampled_kmeans_plus_plus, **known)),
+                jax.jit(functools.partial(new.kmeans, **known))),
     }
 
 
@@ -105,7 +107,7 @@ def cold(impl, case_name, revision):
     x = jax.device_put(make_buffer(case))
     jax.block_until_ready(jax.jit(lambda a: a + 1)(x))  # the backend's own start, not k-means'
     old, new = load_modules(revision)
-    _, fn = functions(jax, old, new, case["k"])[impl]
+    _, fn = functions(jax, old, new, case["k"], case["n_valid"])[impl]
     _, first, first_cpu = timed(jax, fn, jax.random.key(0), x, case["n_valid"])
     steady = [timed(jax, fn, jax.random.key(i), x, case["n_valid"])[1:] for i in (1, 2)]
     wall, cpu = (statistics.median(t[i] for t in steady) for i in (0, 1))
@@ -128,7 +130,7 @@ def measure(case_name, args):
     host = make_buffer(case)
     x = jax.device_put(host)
     old, new = load_modules(args.revision)
-    fns = functions(jax, old, new, k)
+    fns = functions(jax, old, new, k, n)
     for impl in fns:  # compile both first
         for fn in fns[impl]:
             jax.block_until_ready(fn(jax.random.key(0), x, n))

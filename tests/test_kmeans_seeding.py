@@ -18,6 +18,7 @@ from alfamix_jax.selection.kmeans import (
     _gram,
     _prefix_sums,
     _uniforms,
+    prefix_rows,
     sample_size,
     sampled_kmeans_plus_plus,
 )
@@ -54,6 +55,26 @@ def test_k_distinct_centres_from_the_real_rows(n_valid, k, sample):
     rows = [np.flatnonzero(np.all(x[:n_valid] == c, axis=1)) for c in centres]
     assert all(len(r) == 1 for r in rows), "a centre that is not one real row"
     assert len({int(r[0]) for r in rows}) == k, "repeated centres"
+
+
+@pytest.mark.parametrize("n_valid", [prefix_rows(40) - 1, prefix_rows(40), prefix_rows(40) + 1, 2000],
+                         ids=["under", "at", "over", "sampled"])
+def test_a_path_known_on_the_host_gives_the_same_centres_from_one_seeding(n_valid):
+    """on_prefix, which the selector sets from its host count, must pick the path lax.cond
+    would (the same bits), and leave the other path's loops out of the program."""
+    x = jnp.asarray(pool_rows(4, n=2500))
+    on_prefix = n_valid <= prefix_rows(40)
+    both = seed_jit(jax.random.key(2), x, n_valid, k=40)
+    known = jax.jit(functools.partial(sampled_kmeans_plus_plus, k=40, on_prefix=on_prefix))(jax.random.key(2), x,
+                                                                                              n_valid)
+    np.testing.assert_array_equal(np.asarray(known), np.asarray(both))
+
+    def loops(on_prefix):  # loops in the traced program (fori_loop traces to a scan or a while)
+        fn = functools.partial(sampled_kmeans_plus_plus, k=40, on_prefix=on_prefix)
+        text = str(jax.make_jaxpr(fn)(jax.random.key(2), x, jnp.int32(n_valid)))
+        return text.count("scan[") + text.count("while[")
+
+    assert loops(on_prefix) < loops(None) == loops(True) + loops(False)
 
 
 def test_same_key_same_centres_other_key_others():

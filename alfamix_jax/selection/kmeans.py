@@ -215,16 +215,27 @@ def _padded(x: jax.Array, rows: int) -> jax.Array:
     return x[:rows] if rows <= x.shape[0] else jnp.pad(x, ((0, rows - x.shape[0]), (0, 0)))
 
 
+def prefix_rows(k: int) -> int:
+    """Rows of the static prefix the default seeding runs on when it holds every valid row:
+    2k, in whole tiles."""
+    return _round_up(max(2 * k, 2 * _TILE), _TILE)
+
+
 def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array | Points, n_valid: jax.Array | int, k: int, *,
-                             sample: int | None = None) -> jax.Array:
+                             sample: int | None = None, on_prefix: bool | None = None) -> jax.Array:
     """Greedy k-means++ (2 + log k trials per centre, as `kmeans_plus_plus`) over a
     uniform random sample of `sample` valid rows (default `sample_size(k)`; all of
     them when there are no more). x: [M, D], first n_valid rows real. -> centres [k, D].
 
     The sample's squared distances come from its Gram matrix, products over the row
     panels of real rows only; the k sequential steps only look them up (unless that
-    costs more, see `gram`). When there are at most 2k real rows, the seeding runs on
-    the static prefix x[:2k] (chosen by `lax.cond`), so a small pool costs its rows."""
+    costs more, see `gram`). When there are at most 2k real rows (`prefix_rows`), the
+    seeding runs on the static prefix x[:2k], so a small pool costs its rows.
+
+    on_prefix: whether n_valid <= `prefix_rows(k)`, when the caller knows n_valid on the
+    host: only that path is compiled. None: `lax.cond` chooses in the program, which then
+    holds two greedy seedings (about 0.3 s more compile on a 2-core CPU). The result is
+    the same either way, provided on_prefix is true to n_valid."""
     points = as_points(x)
     m = points.shape[0]
     size = min(m, sample_size(k) if sample is None else sample)
@@ -245,14 +256,16 @@ def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array | Points, n_valid: jax
         return xs[_greedy(seeds_u, xs, jnp.minimum(n_valid, size), k, gram(top))]
 
     # k-means runs on more points than centres: up to 2k of them, the seeding runs on a prefix.
-    small = _round_up(max(2 * k, 2 * _TILE), _TILE)
-    if small >= top:
+    small = prefix_rows(k)
+    if small >= top or on_prefix is False:
         return sampled()
 
     def prefix() -> jax.Array:
         xs = _padded(points.take(jnp.arange(min(small, m))), small)
         return xs[_greedy(seeds_u, xs, n_valid, k, gram(small))]
 
+    if on_prefix:
+        return prefix()
     return jax.lax.cond(n_valid <= small, prefix, sampled)
 
 
@@ -436,6 +449,7 @@ def kmeans(
     axis_name: str | None = None,
     seeding: str = "sample",
     sample: int | None = None,
+    on_prefix: bool | None = None,
 ) -> KMeansResult:
     """k-means++ then Lloyd until the centres move less than `tol` times the
     mean per-feature variance (scikit-learn's rule) or `max_iters`.
@@ -444,7 +458,8 @@ def kmeans(
 
     seeding: "sample" (greedy k-means++ over a uniform sample of `sample` rows,
     default `sample_size(k)`; see `sampled_kmeans_plus_plus`) or "exact" (over
-    every row, `kmeans_plus_plus`).
+    every row, `kmeans_plus_plus`). on_prefix: see `sampled_kmeans_plus_plus` (a host's
+    knowledge of n_valid that spares the "sample" seeding a compiled path).
     block_size: rows per block of a Lloyd pass (each block in sub-blocks of `_sub_rows(k, D)`
     rows, 256 at k = 500 and D = 512, so a few real rows cost a few rows, not a block).
     axis_name: inside `shard_map`, with x replicated on every device of that
@@ -459,7 +474,7 @@ def kmeans(
     if seeding == "exact":
         centres = kmeans_plus_plus(key, x, n_valid, k)
     elif seeding == "sample":
-        centres = sampled_kmeans_plus_plus(key, x, n_valid, k, sample=sample)
+        centres = sampled_kmeans_plus_plus(key, x, n_valid, k, sample=sample, on_prefix=on_prefix)
     else:
         raise ValueError(f"kmeans: seeding={seeding!r}; expected 'sample' or 'exact'")
 

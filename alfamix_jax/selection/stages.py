@@ -19,6 +19,7 @@ from alfamix_jax.selection.anchors import compute_anchors, labelled_anchors
 from alfamix_jax.selection.caps import make_caps
 from alfamix_jax.selection.fill import fill_reference, fill_rows
 from alfamix_jax.selection.heads import HeadApply, linear_head_apply
+from alfamix_jax.selection.kmeans import prefix_rows
 from alfamix_jax.selection.layout import NO_ROW, PAD_LABEL, ROW, WHOLE, Layout, Rows
 from alfamix_jax.selection.settings import LearnedAlphaSettings, Part, SelectorSettings
 
@@ -212,11 +213,12 @@ def run_search(layout: Layout, plan: Plan, key: jax.Array, embeddings: jax.Array
 
 
 def choose_rows(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddings: jax.Array | None, labels: jax.Array,
-                found: search.SearchResult, *, pool_size: int,
-                buffer: choose.KMeansBuffer | None = None) -> tuple[jax.Array, choose.Clustering]:
+                found: search.SearchResult, *, pool_size: int, buffer: choose.KMeansBuffer | None = None,
+                on_prefix: bool | None = None) -> tuple[jax.Array, choose.Clustering]:
     """At most `budget` rows among the candidates -> (picks [B], -1 none; Clustering).
     stage: "all" (every candidate: there are at most budget), "diversify" (more: the
-    diversity rule), "auto" (decided inside the program, one device)."""
+    diversity rule), "auto" (decided inside the program, one device). on_prefix: see
+    `seeds_on_prefix`."""
     candidates = found.candidates
     count = jnp.sum(candidates, dtype=jnp.int32)
     if stage == "all":
@@ -229,7 +231,8 @@ def choose_rows(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddin
     rule = plan.diversity
     if rule == "kmeans":
         return choose.kmeans_picks(layout, key, embeddings, candidates, plan.budget, buffer=buffer,
-                                   capacity=min(plan.capacity, pool_size), kmeans_kwargs=plan.kmeans_kwargs)
+                                   capacity=min(plan.capacity, pool_size), kmeans_kwargs=plan.kmeans_kwargs,
+                                   on_prefix=on_prefix)
     if callable(rule):
         assert embeddings is not None  # None only for a streamed pool, which refuses a diversity function
         picks = choose.custom_picks(rule, key, embeddings, candidates, labels == -1, plan.budget)
@@ -237,6 +240,15 @@ def choose_rows(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddin
         score = layout.uniform(key, candidates.shape[0]) if rule == "random" else -found.min_rho
         picks = choose.top_scores(layout, candidates, score, plan.budget)
     return picks, choose.no_clustering(count)
+
+
+def seeds_on_prefix(plan: Plan, count: int, *, pool_size: int) -> bool | None:
+    """Whether k-means, given `count` candidates, seeds on its static prefix of 2k rows
+    (`kmeans.prefix_rows`): the host knows the count between the stages, so the finish
+    program compiles only that seeding path. None where no k-means runs."""
+    if plan.diversity != "kmeans" or count <= plan.budget:
+        return None
+    return min(count, plan.capacity, pool_size) <= prefix_rows(plan.budget)
 
 
 def kmeans_buffer(layout: Layout, plan: Plan, key: jax.Array, candidates: jax.Array, *,
@@ -276,11 +288,12 @@ def diagnose(plan: Plan, found: search.SearchResult, labels: jax.Array, selected
 
 def finish(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddings: jax.Array | None, labels: jax.Array,
            found: search.SearchResult, *, pool_size: int | None = None,
-           buffer: choose.KMeansBuffer | None = None) -> Selection:
-    """Choose among the candidates, fill, report. pool_size: N (default: all of labels' rows)."""
+           buffer: choose.KMeansBuffer | None = None, on_prefix: bool | None = None) -> Selection:
+    """Choose among the candidates, fill, report. pool_size: N (default: all of labels' rows).
+    on_prefix: k-means' seeding path, when the host knows the candidate count (`seeds_on_prefix`)."""
     pool_size = labels.shape[0] if pool_size is None else pool_size
     keys = split_keys(key)
     picks, clustering = choose_rows(layout, plan, stage, keys.diversity, embeddings, labels, found,
-                                    pool_size=pool_size, buffer=buffer)
+                                    pool_size=pool_size, buffer=buffer, on_prefix=on_prefix)
     selected, filled = fill_batch(layout, plan, keys.fill, picks, found.candidates, labels)
     return Selection(selected, found.candidates, diagnose(plan, found, labels, selected, filled, clustering))
