@@ -6,6 +6,7 @@ process, calls alternating; then the whole selection on the 20k benchmark pool w
     python experiments/benchmark_kmeans.py [--cases 20k-pool,1M-buffer,blobs] [--repeats 3]
         [--seeds 6] [--revision 62329fb] [--skip-cold] [--skip-selection]
         [--out experiments/results/kmeans/benchmark.md]
+    python experiments/benchmark_kmeans.py --seeding-sizes [--repeats 3] [--out ...]
 
 Cases (the k-means buffer as the selection builds it: L2-normalised rows, first n_valid real):
 - 20k-pool: the 20k x 512 benchmark pool with budget 500: 653 candidates in a 20,000-row buffer.
@@ -19,6 +20,8 @@ per implementation, with the persistent compilation cache off, the first call's 
 median of two more. The selection (working tree only; closed-form alpha, alpha_cap_step 0.2):
 first call and steady state in a fresh process, cache off; and the whole `alfamix-jax select`
 process with the cache off, cold (an empty cache directory) and warm (the same directory again).
+--seeding-sizes instead times the default seeding (k = 500, the 20k pool's buffer) for candidate
+counts from 1,000 to 8,000, sized as the selection sizes it against the program's own choice.
 Prints markdown tables; --out also writes them there.
 """
 import argparse
@@ -80,14 +83,15 @@ def load_modules(revision):
     return old, new
 
 
-def functions(jax, old, new, k, n_valid):
-    """{impl: (seeding, kmeans)} jitted, k bound. The new code is told its seeding path
-    (`on_prefix`), as the selection tells it from the candidate count it reads on the host."""
-    known = dict(k=k, on_prefix=n_valid <= new.prefix_rows(k))
+def functions(jax, old, new, case):
+    """{impl: (seeding, kmeans)} jitted, the case's k bound. The new code is told its seeding size
+    (`seeding_rows`), as the selection tells it from the candidate count it reads on the host."""
+    k = case["k"]
+    rows = new.seeding_rows(case["n_valid"], k, case["m"])
     return {
         "old": (jax.jit(functools.partial(old.kmeans_plus_plus, k=k)), jax.jit(functools.partial(old.kmeans, k=k))),
-        "new": (jax.jit(functools.partial(new.sampled_kmeans_plus_plus, **known)),
-                jax.jit(functools.partial(new.kmeans, **known))),
+        "new": (jax.jit(functools.partial(new.sampled_kmeans_plus_plus, k=k, rows=rows)),
+                jax.jit(functools.partial(new.kmeans, k=k, seed_rows=rows))),
     }
 
 
@@ -107,7 +111,7 @@ def cold(impl, case_name, revision):
     x = jax.device_put(make_buffer(case))
     jax.block_until_ready(jax.jit(lambda a: a + 1)(x))  # the backend's own start, not k-means'
     old, new = load_modules(revision)
-    _, fn = functions(jax, old, new, case["k"], case["n_valid"])[impl]
+    _, fn = functions(jax, old, new, case)[impl]
     _, first, first_cpu = timed(jax, fn, jax.random.key(0), x, case["n_valid"])
     steady = [timed(jax, fn, jax.random.key(i), x, case["n_valid"])[1:] for i in (1, 2)]
     wall, cpu = (statistics.median(t[i] for t in steady) for i in (0, 1))
@@ -130,7 +134,7 @@ def measure(case_name, args):
     host = make_buffer(case)
     x = jax.device_put(host)
     old, new = load_modules(args.revision)
-    fns = functions(jax, old, new, k, n)
+    fns = functions(jax, old, new, case)
     for impl in fns:  # compile both first
         for fn in fns[impl]:
             jax.block_until_ready(fn(jax.random.key(0), x, n))
@@ -275,6 +279,41 @@ def table(rows, selection, args):
     return "\n".join(text)
 
 
+SIZE_COUNTS = (1000, 1100, 2000, 2100, 4000, 8000)  # candidates of the 20k x 512 pool, k = 500
+
+
+def seeding_sizes(repeats):
+    """The seeding with k = 500 on the 20k x 512 pool's buffer for several candidate counts:
+    sized by the host (`rows=seeding_rows(...)`, what the selection runs) against the program's
+    own choice (`rows=None`: the 2k-row prefix or the whole 8192-row sample, the code before
+    the size was known), calls alternating. -> markdown table."""
+    import jax
+
+    from alfamix_jax.selection import kmeans as km
+
+    case = dict(CASES["20k-pool"], n_valid=max(SIZE_COUNTS))
+    x = jax.device_put(make_buffer(case))
+    lines = ["| candidates | seeding rows | program's choice s | sized s | ratio | load |", "|---|---|---|---|---|---|"]
+    for n in SIZE_COUNTS:
+        rows = km.seeding_rows(n, 500, case["m"])
+        fns = {size: jax.jit(functools.partial(km.sampled_kmeans_plus_plus, k=500, rows=size)) for size in (None, rows)}
+        for fn in fns.values():
+            jax.block_until_ready(fn(jax.random.key(0), x, n))
+        runs = {size: [] for size in fns}
+        for r in range(1, repeats + 1):
+            for size, fn in fns.items():
+                runs[size].append(timed(jax, fn, jax.random.key(r), x, n)[1:])
+        t = {size: (statistics.median(a[0] for a in v), statistics.median(a[1] for a in v)) for size, v in runs.items()}
+        chosen, sized = (f"{t[size][0]:.3f} ({t[size][1]:.3f})" for size in (None, rows))
+        lines.append(f"| {n:,} | {rows:,} | {chosen} | {sized} | {t[None][0] / t[rows][0]:.1f}x | "
+                     f"{os.getloadavg()[0]:.1f} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join([
+        "# k-means seeding sized by the host's candidate count", "",
+        f"Machine: {machine()}. k = 500 on the 20k x 512 pool's buffer (L2-normalised rows); wall s (CPU s), "
+        f"median of {repeats} calls, the two alternating.", "", *lines, ""])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES))
@@ -283,6 +322,8 @@ def main():
     ap.add_argument("--revision", default="62329fb")
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-selection", action="store_true")
+    ap.add_argument("--seeding-sizes", action="store_true",
+                    help="only the seeding sized by the candidate count against the program's own choice")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cold", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     ap.add_argument("--selection-worker", action="store_true", help=argparse.SUPPRESS)
@@ -296,6 +337,13 @@ def main():
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
+    if args.seeding_sizes:
+        text = seeding_sizes(args.repeats)
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        return
     rows = []
     for name in [c for c in args.cases.split(",") if c]:
         rows.append(measure(name, args))

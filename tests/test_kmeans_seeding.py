@@ -21,6 +21,7 @@ from alfamix_jax.selection.kmeans import (
     prefix_rows,
     sample_size,
     sampled_kmeans_plus_plus,
+    seeding_rows,
 )
 
 
@@ -30,6 +31,11 @@ def kmeans_jit(key, x, n_valid, k, seeding="sample"):
 
 
 seed_jit = jax.jit(sampled_kmeans_plus_plus, static_argnames=("k", "sample"))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "seed_rows"))
+def kmeans_sized(key, x, n_valid, k, seed_rows):
+    return kmeans(key, x, n_valid, k, block_size=512, seed_rows=seed_rows)
 
 
 def pool_rows(seed, n=10000, dim=32, classes=10):
@@ -57,24 +63,49 @@ def test_k_distinct_centres_from_the_real_rows(n_valid, k, sample):
     assert len({int(r[0]) for r in rows}) == k, "repeated centres"
 
 
-@pytest.mark.parametrize("n_valid", [prefix_rows(40) - 1, prefix_rows(40), prefix_rows(40) + 1, 2000],
-                         ids=["under", "at", "over", "sampled"])
-def test_a_path_known_on_the_host_gives_the_same_centres_from_one_seeding(n_valid):
-    """on_prefix, which the selector sets from its host count, must pick the path lax.cond
-    would (the same bits), and leave the other path's loops out of the program."""
+def test_the_seeding_size_is_the_smallest_doubled_prefix_that_holds_the_rows():
+    assert prefix_rows(40) == 256 and prefix_rows(500) == 1024
+    assert [seeding_rows(n, 40, 2500) for n in (41, 256, 257, 512, 513, 2400, 9000)] == [
+        256, 256, 512, 512, 1024, 2560, 2560]  # past 1024: the whole 2,500-row sample, in tiles
+    assert seeding_rows(1100, 500, 20000) == 2048 and seeding_rows(9000, 500, 20000) == 8192
+
+
+def _loops(n_valid, rows, x):
+    """Loops in the traced seeding (fori_loop traces to a scan or a while)."""
+    fn = functools.partial(sampled_kmeans_plus_plus, k=40, rows=rows)
+    text = str(jax.make_jaxpr(fn)(jax.random.key(2), x, jnp.int32(n_valid)))
+    return text.count("scan[") + text.count("while[")
+
+
+@pytest.mark.parametrize("n_valid", [41, 255, 256], ids=["few", "under", "at"])
+def test_a_size_known_on_the_host_gives_the_prefix_bits_from_one_seeding(n_valid):
+    """Up to 2k rows, the size the selector derives from its host count must give what the
+    program's lax.cond gives (the prefix, bit for bit), with the sample's loops left out."""
     x = jnp.asarray(pool_rows(4, n=2500))
-    on_prefix = n_valid <= prefix_rows(40)
+    rows = seeding_rows(n_valid, 40, 2500)
     both = seed_jit(jax.random.key(2), x, n_valid, k=40)
-    known = jax.jit(functools.partial(sampled_kmeans_plus_plus, k=40, on_prefix=on_prefix))(jax.random.key(2), x,
-                                                                                              n_valid)
+    known = jax.jit(functools.partial(sampled_kmeans_plus_plus, k=40, rows=rows))(jax.random.key(2), x, n_valid)
     np.testing.assert_array_equal(np.asarray(known), np.asarray(both))
+    assert _loops(n_valid, rows, x) < _loops(n_valid, None, x)
 
-    def loops(on_prefix):  # loops in the traced program (fori_loop traces to a scan or a while)
-        fn = functools.partial(sampled_kmeans_plus_plus, k=40, on_prefix=on_prefix)
-        text = str(jax.make_jaxpr(fn)(jax.random.key(2), x, jnp.int32(n_valid)))
-        return text.count("scan[") + text.count("while[")
 
-    assert loops(on_prefix) < loops(None) == loops(True) + loops(False)
+@pytest.mark.parametrize("n_valid", [300, 700, 2400], ids=["prefix-512", "prefix-1024", "sample"])
+def test_past_2k_rows_a_known_size_seeds_as_well_on_fewer_rows(n_valid):
+    """Past 2k rows the program's lax.cond seeds on the whole sample; a known size seeds on
+    the smallest doubled prefix that holds the rows instead: k distinct real rows, whose
+    inertia after Lloyd is as good (within 2% of the sample's, mean over 3 keys)."""
+    x = pool_rows(5, n=2500)
+    x[n_valid:] = 50.0  # far away: would be drawn if rows past n_valid counted
+    rows = seeding_rows(n_valid, 40, 2500)
+    known = functools.partial(sampled_kmeans_plus_plus, k=40, rows=rows)
+    centres = np.asarray(jax.jit(known)(jax.random.key(3), jnp.asarray(x), n_valid))
+    found = [np.flatnonzero(np.all(x[:n_valid] == c, axis=1)) for c in centres]
+    assert all(len(r) == 1 for r in found) and len({int(r[0]) for r in found}) == 40
+    if rows < 2560:
+        assert _loops(n_valid, rows, jnp.asarray(x)) < _loops(n_valid, None, jnp.asarray(x))
+    inertia = {size: np.mean([float(kmeans_sized(jax.random.key(s), jnp.asarray(x), n_valid, 40, size).inertia)
+                              for s in range(3)]) for size in (rows, None)}
+    assert inertia[rows] <= 1.02 * inertia[None], inertia
 
 
 def test_same_key_same_centres_other_key_others():
