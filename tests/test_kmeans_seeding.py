@@ -63,11 +63,11 @@ def test_k_distinct_centres_from_the_real_rows(n_valid, k, sample):
     assert len({int(r[0]) for r in rows}) == k, "repeated centres"
 
 
-def test_the_seeding_size_is_the_smallest_doubled_prefix_that_holds_the_rows():
+def test_the_seeding_size_is_the_smallest_prefix_of_the_ladder_that_holds_the_rows():
     assert prefix_rows(40) == 256 and prefix_rows(500) == 1024
-    assert [seeding_rows(n, 40, 2500) for n in (41, 256, 257, 512, 513, 2400, 9000)] == [
-        256, 256, 512, 512, 1024, 2560, 2560]  # past 1024: the whole 2,500-row sample, in tiles
-    assert seeding_rows(1100, 500, 20000) == 2048 and seeding_rows(9000, 500, 20000) == 8192
+    assert [seeding_rows(n, 40, 2500) for n in (41, 256, 257, 384, 385, 513, 1100, 2048, 2049, 9000)] == [
+        256, 256, 384, 384, 512, 768, 1536, 2048, 2560, 2560]  # past 2048: the whole sample, in tiles
+    assert [seeding_rows(n, 500, 20000) for n in (570, 1000, 1100, 9000)] == [768, 1024, 1536, 8192]
 
 
 def _loops(n_valid, rows, x):
@@ -89,11 +89,11 @@ def test_a_size_known_on_the_host_gives_the_prefix_bits_from_one_seeding(n_valid
     assert _loops(n_valid, rows, x) < _loops(n_valid, None, x)
 
 
-@pytest.mark.parametrize("n_valid", [300, 700, 2400], ids=["prefix-512", "prefix-1024", "sample"])
+@pytest.mark.parametrize("n_valid", [300, 700, 2400], ids=["prefix-384", "prefix-768", "sample"])
 def test_past_2k_rows_a_known_size_seeds_as_well_on_fewer_rows(n_valid):
     """Past 2k rows the program's lax.cond seeds on the whole sample; a known size seeds on
-    the smallest doubled prefix that holds the rows instead: k distinct real rows, whose
-    inertia after Lloyd is as good (within 2% of the sample's, mean over 3 keys)."""
+    the smallest prefix of the ladder that holds the rows instead: k distinct real rows,
+    whose inertia after Lloyd is as good (within 2% of the sample's, mean over 3 keys)."""
     x = pool_rows(5, n=2500)
     x[n_valid:] = 50.0  # far away: would be drawn if rows past n_valid counted
     rows = seeding_rows(n_valid, 40, 2500)
