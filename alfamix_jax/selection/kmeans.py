@@ -23,7 +23,9 @@ are real (`n_valid` is a traced scalar). Lloyd passes loop over the occupied
 row blocks only, in sub-blocks of `_sub_rows(k, D)` rows; the seeding, when there
 are at most 2k rows, runs on a static prefix of 2k rows. So the work follows the
 number of points actually there, while shapes stay static and nothing
-recompiles when that number changes.
+recompiles when that number changes. A caller that knows n_valid on the host
+(the selector, between its stages) gives the seeding's size instead
+(`seeding_rows`): one compiled seeding, on a prefix of at most 1.5x the rows.
 """
 import math
 from typing import NamedTuple
