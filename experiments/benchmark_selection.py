@@ -24,6 +24,7 @@ This is a benchmark, not a test: timings depend on the machine and its load
 (the load average is printed with each measurement).
 """
 import argparse
+import functools
 import gc
 import json
 import os
@@ -208,7 +209,13 @@ def device_memory(jax, select, emb, labels, head, diag, args):
         return analyse(compiled), dict(lower=lower_s, compile=compile_s), {}
     stages = select.stages
     finish_name = "finish_diversify" if diag["num_candidates"] > args.budget else "finish_all"
-    finish = stages[finish_name]
+    # The static arguments the selector passes: the pool size and, for this count, the seeding's
+    # size (one seeding in the program), so that what is lowered is the program that runs.
+    from alfamix_jax.selection.stages import kmeans_seed_rows
+
+    n = emb.shape[0]
+    sized = dict(pool_size=n, seed_rows=kmeans_seed_rows(select.plan, diag["num_candidates"], pool_size=n))
+    finish = functools.partial(stages[finish_name], **sized)
     found, _ = jax.block_until_ready(stages["search"](key, emb, labels, head))
     # A new selector, so that nothing comes from JAX's in-memory caches:
     # how a cold first call splits into tracing + lowering and XLA compiling.
@@ -218,7 +225,7 @@ def device_memory(jax, select, emb, labels, head, diag, args):
                                   alpha_cap_step=0.2).stages
     lowered_search, lower_search_s = _timed(lambda: fresh["search"].lower(key, emb, labels, head))
     compiled_search, compile_search_s = _timed(lowered_search.compile)
-    lowered_finish, lower_finish_s = _timed(lambda: fresh[finish_name].lower(key, emb, labels, found))
+    lowered_finish, lower_finish_s = _timed(lambda: fresh[finish_name].lower(key, emb, labels, found, **sized))
     compiled_finish, compile_finish_s = _timed(lowered_finish.compile)
     per_stage = [analyse(compiled_search), analyse(compiled_finish)]
     aot_s = dict(lower_search=lower_search_s, compile_search=compile_search_s,
@@ -227,6 +234,7 @@ def device_memory(jax, select, emb, labels, head, diag, args):
     peak = dict(peak, stage=("search", "finish")[per_stage.index(peak)])
 
     def med(fn):
+        jax.block_until_ready(fn())  # warm: a stage called with other arguments than the selector's compiles
         return _median_time(jax, fn, args.repeats)
 
     stage_times = dict(search=med(lambda: stages["search"](key, emb, labels, head)),  # with its anchors
