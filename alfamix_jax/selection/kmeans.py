@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from alfamix_jax.selection.points import Points, as_points, block_rows, occupied_blocks
+from alfamix_jax.selection.points import PASS_BLOCK, Points, as_points, block_rows, occupied_blocks
 from alfamix_jax.selection.reductions import first_index_of
 
 
@@ -119,7 +119,6 @@ def sample_size(k: int) -> int:
 
 _TILE = 128  # rows per tile of the seeding's Gram matrix and its prefix sums
 _GRAM_MAX = 8192  # the largest sample whose Gram matrix is built (256 MiB); past it, distances per step
-_SUB = 256  # rows per block of the one-off passes (`_mean_variance`)
 
 
 def _sub_rows(k: int, dim: int) -> int:
@@ -444,7 +443,7 @@ def _mean_variance(x: Points, n_valid: jax.Array | int) -> jax.Array:
     k-means, over the occupied sub-blocks only: taken about x[0] so that the mean's
     square does not cancel the spread."""
     m, dim = x.shape
-    size, num_blocks = occupied_blocks(m, _SUB, n_valid)
+    size, num_blocks = occupied_blocks(m, PASS_BLOCK, n_valid)
     first_row = x.block(0, 1)[0]  # [D]
 
     def body(j: jax.Array, sums: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:

@@ -75,15 +75,15 @@ def as_points(x: "jax.Array | Points") -> Points:
     return x if isinstance(x, Points) else Points(x)
 
 
-SCALE_BLOCK = 256  # rows per block of `normalised`'s pass
+PASS_BLOCK = 256  # rows per block of a one-off pass over the points (`normalised`, k-means' variance)
 
 
 def normalised(points: Points, n_valid: jax.Array | int) -> Points:
     """The same rows L2-normalised (F.normalize: x / max(||x||, 1e-12)): each of the first n_valid rows'
-    norm computed once, in blocks of SCALE_BLOCK rows over those rows only; the rest
+    norm computed once, in blocks of PASS_BLOCK rows over those rows only; the rest
     scale 1. points: unscaled."""
     m, _ = points.shape
-    size, num_blocks = occupied_blocks(m, SCALE_BLOCK, n_valid)
+    size, num_blocks = occupied_blocks(m, PASS_BLOCK, n_valid)
 
     def body(j: jax.Array, scale: jax.Array) -> jax.Array:
         start, _, _ = block_rows(m, size, n_valid, j)

@@ -89,6 +89,10 @@ class Plan:
     fast_path: bool  # the linear closed-form shortcut
     linear_alpha: bool = False  # random / learned alpha on the linear head: mixing's chunked linear paths
 
+    def kmeans_rows(self, pool_size: int) -> int:
+        """Rows of k-means' buffer for a pool of N rows: its capacity, at most N."""
+        return min(self.capacity, pool_size)
+
     def eps(self, dim: int) -> jax.Array:
         """[S] per-cap value the search uses: the closed form scales the cap by 1/sqrt(D)."""
         caps = jnp.asarray(self.caps, jnp.float32)
@@ -231,7 +235,7 @@ def choose_rows(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddin
     rule = plan.diversity
     if rule == "kmeans":
         return choose.kmeans_picks(layout, key, embeddings, candidates, plan.budget, buffer=buffer,
-                                   capacity=min(plan.capacity, pool_size), kmeans_kwargs=plan.kmeans_kwargs,
+                                   capacity=plan.kmeans_rows(pool_size), kmeans_kwargs=plan.kmeans_kwargs,
                                    seed_rows=seed_rows)
     if callable(rule):
         assert embeddings is not None  # None only for a streamed pool, which refuses a diversity function
@@ -248,7 +252,7 @@ def kmeans_seed_rows(plan: Plan, count: int, *, pool_size: int) -> int | None:
     seeding, sized to the rows there. None where no k-means runs."""
     if plan.diversity != "kmeans" or count <= plan.budget:
         return None
-    capacity = min(plan.capacity, pool_size)
+    capacity = plan.kmeans_rows(pool_size)
     return seeding_rows(min(count, capacity), plan.budget, capacity)
 
 
@@ -256,7 +260,7 @@ def kmeans_buffer(layout: Layout, plan: Plan, key: jax.Array, candidates: jax.Ar
                   pool_size: int) -> tuple[jax.Array, jax.Array]:
     """The rows `finish` gives k-means for this key (a streamed pool reads them from the host first)."""
     subsample_key, _ = choose.kmeans_keys(split_keys(key).diversity)
-    return choose.kmeans_buffer(layout, subsample_key, candidates, min(plan.capacity, pool_size))
+    return choose.kmeans_buffer(layout, subsample_key, candidates, plan.kmeans_rows(pool_size))
 
 
 def fill_batch(layout: Layout, plan: Plan, key: jax.Array, picks: jax.Array, candidates: jax.Array,
