@@ -211,10 +211,10 @@ def device_memory(jax, select, emb, labels, head, diag, args):
     finish_name = "finish_diversify" if diag["num_candidates"] > args.budget else "finish_all"
     # The static arguments the selector passes: the pool size and, for this count, the seeding's
     # size (one seeding in the program), so that what is lowered is the program that runs.
-    from alfamix_jax.selection.stages import kmeans_seed_rows
+    from alfamix_jax.selection.stages import kmeans_sizing
 
     n = emb.shape[0]
-    sized = dict(pool_size=n, seed_rows=kmeans_seed_rows(select.plan, diag["num_candidates"], pool_size=n))
+    sized = dict(pool_size=n, kmeans_sizing=kmeans_sizing(select.plan, diag["num_candidates"], pool_size=n))
     finish = functools.partial(stages[finish_name], **sized)
     found, _ = jax.block_until_ready(stages["search"](key, emb, labels, head))
     # A new selector, so that nothing comes from JAX's in-memory caches:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.selection.kmeans import kmeans
+from alfamix_jax.selection.kmeans import Sizing, kmeans
 from alfamix_jax.selection.layout import ROW, WHOLE, Layout, Rows
 from alfamix_jax.selection.points import Points, normalised
 
@@ -100,12 +100,12 @@ def _gather_points(rows: Rows, embeddings: jax.Array, buffer_rows: jax.Array, n_
 
 def kmeans_picks(layout: Layout, key: jax.Array, embeddings: jax.Array | None, candidates: jax.Array, budget: int, *,
                  capacity: int, kmeans_kwargs: dict[str, Any], normalise: bool = True,
-                 buffer: KMeansBuffer | None = None, seed_rows: int | None = None) -> tuple[jax.Array, Clustering]:
+                 buffer: KMeansBuffer | None = None, sizing: Sizing | None = None) -> tuple[jax.Array, Clustering]:
     """One row per k-means cluster of the candidates (L2-normalised first unless
     normalise=False), `budget` clusters: the row nearest each centre. -> picks [B] (-1:
     empty cluster), Clustering. buffer: (rows, x) already read (a streamed pool), else
-    the rows are chosen by `kmeans_buffer` and gathered from `embeddings`. seed_rows: the
-    seeding's size when the caller knows the candidate count (`kmeans(seed_rows=)`).
+    the rows are chosen by `kmeans_buffer` and gathered from `embeddings`. sizing: k-means'
+    sizes when the caller knows the candidate count (`kmeans.sizing`).
     On a mesh the Lloyd passes split their row blocks over the devices (`kmeans(axis_name=)`)."""
     subsample_key, kmeans_key = kmeans_keys(key)
     # Every way reads its rows through a gather (`Points`: the same bits whichever array holds them).
@@ -124,7 +124,8 @@ def kmeans_picks(layout: Layout, key: jax.Array, embeddings: jax.Array | None, c
     def cluster(rows: Rows, key: jax.Array, points: Points, buffer_rows: jax.Array,
                 n_valid: jax.Array) -> tuple[jax.Array, Clustering]:
         points = normalised(points, n_valid) if normalise else points
-        result = kmeans(key, points, n_valid, budget, axis_name=rows.axis, seed_rows=seed_rows, **kmeans_kwargs)
+        result = kmeans(key, points, n_valid, budget, axis_name=rows.axis, **(sizing or Sizing())._asdict(),
+                        **kmeans_kwargs)
         picks = jnp.where(result.picks >= 0, buffer_rows[jnp.maximum(result.picks, 0)], -1)
         return picks, Clustering(result.iterations, result.inertia.astype(jnp.float32), n_valid)
 

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from alfamix_jax.selection import lloyd_bounds
 from alfamix_jax.selection.points import PASS_BLOCK, Points, as_points, block_rows, occupied_blocks
 from alfamix_jax.selection.reductions import first_index_of
 
@@ -44,6 +45,7 @@ class KMeansResult(NamedTuple):
     picks: jax.Array  # [k] int32 row nearest each centre among its members (-1: empty cluster)
     inertia: jax.Array  # [] sum of squared distances to the assigned centre
     iterations: jax.Array  # [] Lloyd iterations run
+    rows_computed: jax.Array | int = 0  # [] rows whose distances to every centre the passes computed
 
 
 def _sq_dists(x: jax.Array, sq_x: jax.Array, centres: jax.Array) -> jax.Array:
@@ -242,6 +244,20 @@ def seeding_rows(n_valid: int, k: int, m: int, sample: int | None = None) -> int
     return min(rows, top)
 
 
+class Sizing(NamedTuple):
+    """What a caller that knows the number of real rows on the host tells `kmeans`, as static
+    arguments (the selector reads the candidate count between its stages): one compiled path,
+    sized to the rows there."""
+
+    seed_rows: int | None = None  # `seeding_rows`
+    bounded: bool = False  # Lloyd passes with distance bounds (`lloyd_bounds.worth_it`)
+
+
+def sizing(n_valid: int, k: int, m: int, sample: int | None = None) -> Sizing:
+    """The `Sizing` for n_valid real rows of M and k centres."""
+    return Sizing(seeding_rows(n_valid, k, m, sample), lloyd_bounds.worth_it(n_valid, k))
+
+
 def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array | Points, n_valid: jax.Array | int, k: int, *,
                              sample: int | None = None, rows: int | None = None) -> jax.Array:
     """Greedy k-means++ (2 + log k trials per centre, as `kmeans_plus_plus`) over a
@@ -302,17 +318,24 @@ class _PassStats(NamedTuple):
     assignment: jax.Array  # [M] int32 (a pass) or [size] (a block: its rows' clusters)
 
 
-def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array, size: int) -> _PassStats:
-    """The share of rows x[start:start + size] where fresh [size] (zero elsewhere)."""
+def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array, size: int,
+               assignment: jax.Array | None = None) -> _PassStats:
+    """The share of rows x[start:start + size] where fresh [size] (zero elsewhere).
+    assignment: [M] the rows' clusters, already known (`lloyd_bounds`): only the sums and
+    counts are made, the same bits as with the distances (best_d, best_i and inertia unset)."""
     m = x.shape[0]
     k = centres.shape[0]
-    rows = start + jnp.arange(size)
     xb = x.block(start, size)  # [size, D]
+    w = fresh.astype(x.dtype)
+    if assignment is not None:
+        a = jax.lax.dynamic_slice_in_dim(assignment, start, size)
+        sums, counts = _cluster_sums(xb * w[:, None], w, a, k)
+        return _empty_pass(size, x.shape[1], k, x.dtype)._replace(sums=sums, counts=counts, assignment=a)
+    rows = start + jnp.arange(size)
     d = _sq_dists(xb, jnp.sum(xb * xb, axis=-1), centres)  # [size, k]
     nearest = jnp.min(d, axis=-1)
     a = first_index_of(d, nearest, axis=-1)  # jnp.argmin(d, axis=-1), vectorised
     own = jnp.where(fresh, nearest, jnp.inf)
-    w = fresh.astype(x.dtype)
     block_d = jax.ops.segment_min(own, a, num_segments=k)
     is_min = fresh & (own == block_d[a])
     sums, counts = _cluster_sums(xb * w[:, None], w, a, k)
@@ -327,7 +350,7 @@ def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array
 
 
 def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
-                 j: jax.Array) -> _PassStats:
+                 j: jax.Array, assignment: jax.Array | None = None) -> _PassStats:
     """Block j's share of an assignment pass (zero where its rows are not new and valid),
     summed over its occupied sub-blocks of `_sub_rows(k, D)` rows, in order: the same sums
     whichever device computes the block."""
@@ -340,7 +363,7 @@ def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: 
         offset = jnp.minimum(s * sub, size - sub)
         rows = offset + jnp.arange(sub)
         fresh = (rows >= s * sub) & (rows >= first) & (rows < end)
-        return _combine(total, _sub_stats(x, centres, start + offset, fresh, sub), offset, fresh)
+        return _combine(total, _sub_stats(x, centres, start + offset, fresh, sub, assignment), offset, fresh)
 
     init = _empty_pass(size, dim, centres.shape[0], x.dtype)
     return jax.lax.fori_loop(first // sub, (end + sub - 1) // sub, body, init)
@@ -398,12 +421,12 @@ def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
 
 
 def _assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
-                 num_blocks: jax.Array | int) -> _PassStats:
-    """One pass over the occupied blocks, in order, on this device."""
+                 num_blocks: jax.Array | int, assignment: jax.Array | None = None) -> _PassStats:
+    """One pass over the occupied blocks, in order, on this device (assignment: see `_sub_stats`)."""
     m, dim = x.shape
 
     def body(j: jax.Array, total: _PassStats) -> _PassStats:
-        return _add_block(total, _block_stats(x, n_valid, centres, size, j), j, size, n_valid)
+        return _add_block(total, _block_stats(x, n_valid, centres, size, j, assignment), j, size, n_valid)
 
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, centres.shape[0], x.dtype))
 
@@ -459,6 +482,44 @@ def _mean_variance(x: Points, n_valid: jax.Array | int) -> jax.Array:
 _LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats]  # (done, iterations, centres [k, D], last pass)
 
 
+def _moved(centres: jax.Array, out: _PassStats, i: jax.Array, threshold: jax.Array,
+           max_iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """After pass i with `centres`: (done, the centres to go on from, the updated centres). The
+    loop ends on the pass after which the centres would move by <= threshold, so the
+    assignment and picks it returns belong to the centres returned. An empty cluster keeps its centre."""
+    new = jnp.where(out.counts[:, None] > 0, out.sums / jnp.maximum(out.counts, 1.0)[:, None], centres)
+    done = (jnp.sum((new - centres) ** 2) <= threshold) | (i + 1 >= max_iters)
+    return done, jnp.where(done, centres, new), new
+
+
+_BoundedState = tuple[jax.Array, jax.Array, jax.Array, jax.Array, lloyd_bounds.Bounds, jax.Array]
+
+
+def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int, num_blocks: jax.Array | int,
+                   threshold: jax.Array, max_iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Lloyd's iterations with distance bounds (`lloyd_bounds`): each pass recomputes only
+    the rows whose cluster may have changed, then sums the clusters as a full pass does.
+    The same centres and iterations as `kmeans`' full passes, bit for bit.
+    -> (centres [k, D], iterations, rows recomputed)."""
+    m, dim = x.shape
+    k = centres.shape[0]
+    sub = min(size, _sub_rows(k, dim))  # a full pass's sub-block: the same product per row
+
+    def body(state: _BoundedState) -> _BoundedState:
+        _, i, centres, moved, bounds, computed = state
+        bounds, packed, count = lloyd_bounds.stale(bounds, moved, centres, n_valid, size, num_blocks,
+                                                   _round_up(m, sub), _prefix_sums, _TILE)
+        bounds = lloyd_bounds.refresh(x, bounds, packed, count, centres, sub, _sq_dists)
+        out = _assign_pass(x, n_valid, centres, size, num_blocks, bounds.assignment)
+        done, kept, new = _moved(centres, out, i, threshold, max_iters)
+        return done, i + 1, kept, lloyd_bounds.shifts(centres, new), bounds, computed + count
+
+    init = (jnp.array(False), jnp.int32(0), centres, jnp.zeros((k,), x.dtype), lloyd_bounds.initial(m, k, x.dtype),
+            jnp.int32(0))
+    _, iterations, centres, _, _, computed = jax.lax.while_loop(lambda state: ~state[0], body, init)
+    return centres, iterations, computed
+
+
 def kmeans(
     key: jax.Array,
     x: jax.Array | Points,  # [M, D]
@@ -472,6 +533,7 @@ def kmeans(
     seeding: str = "sample",
     sample: int | None = None,
     seed_rows: int | None = None,
+    bounded: bool = False,
 ) -> KMeansResult:
     """k-means++ then Lloyd until the centres move less than `tol` times the
     mean per-feature variance (scikit-learn's rule) or `max_iters`.
@@ -482,7 +544,9 @@ def kmeans(
     default `sample_size(k)`; see `sampled_kmeans_plus_plus`) or "exact" (over
     every row, `kmeans_plus_plus`). seed_rows: `seeding_rows(n_valid, k, M, sample)` when the
     caller knows n_valid on the host (the "sample" seeding's `rows`: one compiled path,
-    sized to the rows there).
+    sized to the rows there). bounded: skip, in each Lloyd pass, the rows whose cluster cannot
+    change (`lloyd_bounds`; one device, the same result bit for bit; on a mesh, ignored).
+    `Sizing` holds both, as `sizing(...)` decides them.
     block_size: rows per block of a Lloyd pass (each block in sub-blocks of `_sub_rows(k, D)`
     rows, 256 at k = 500 and D = 512, so a few real rows cost a few rows, not a block).
     axis_name: inside `shard_map`, with x replicated on every device of that
@@ -501,26 +565,24 @@ def kmeans(
     else:
         raise ValueError(f"kmeans: seeding={seeding!r}; expected 'sample' or 'exact'")
 
-    # Each iteration is one assignment pass with the current centres. The loop
-    # ends on the pass after which the centres would move by <= threshold, so
-    # the assignment and picks it returns belong to the centres returned (and
-    # the pass is traced once, which halves the compile time).
-    def cond(state: _LloydState) -> jax.Array:
-        return ~state[0]
-
     def run_pass(centres: jax.Array) -> _PassStats:
         if axis_name is None:
             return _assign_pass(x, n_valid, centres, size, num_blocks)
         return _sharded_assign_pass(x, n_valid, centres, size, num_blocks, axis_name)
 
+    if bounded and axis_name is None:
+        centres, iterations, computed = _bounded_lloyd(x, n_valid, centres, size, num_blocks, threshold, max_iters)
+        out = run_pass(centres)  # the last pass in full: its picks and inertia
+        return KMeansResult(centres, out.assignment, out.best_i, out.inertia, iterations, computed + n_valid)
+
+    # Each iteration is one assignment pass with the current centres (the pass is traced
+    # once, which halves the compile time).
     def body(state: _LloydState) -> _LloydState:
         _, i, centres, _ = state
         out = run_pass(centres)
-        sums, counts = out.sums, out.counts
-        new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
-        done = (jnp.sum((new - centres) ** 2) <= threshold) | (i + 1 >= max_iters)
-        return done, i + 1, jnp.where(done, centres, new), out
+        done, kept, _ = _moved(centres, out, i, threshold, max_iters)
+        return done, i + 1, kept, out
 
     init = (jnp.array(False), jnp.int32(0), centres, _empty_pass(m, x.shape[1], k, x.dtype))
-    _, iterations, centres, out = jax.lax.while_loop(cond, body, init)
-    return KMeansResult(centres, out.assignment, out.best_i, out.inertia, iterations)
+    _, iterations, centres, out = jax.lax.while_loop(lambda state: ~state[0], body, init)
+    return KMeansResult(centres, out.assignment, out.best_i, out.inertia, iterations, iterations * n_valid)

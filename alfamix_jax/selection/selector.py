@@ -119,7 +119,7 @@ class Selector:
         wrap = jax.jit if jit else (lambda f, **_: f)
         self._search = wrap(functools.partial(stages.run_search, layout, plan))
         self._finish = {stage: wrap(functools.partial(stages.finish, layout, plan, stage),
-                                    static_argnames=("pool_size", "seed_rows")) for stage in ("all", "diversify")}
+                                    static_argnames=("pool_size", "kmeans_sizing")) for stage in ("all", "diversify")}
         self._fused = wrap(self._fused_program)
         self._anchors = wrap(lambda key, x, y: stages.compute_anchor_rows(plan, stages.split_keys(key), x, y))
         self._gather = wrap(layout.gather)
@@ -158,8 +158,8 @@ class Selector:
         if pool.streamed and stage == "diversify" and self.plan.diversity == "kmeans":
             buffer = self._read_buffer(key, pool, found)
         x = None if pool.streamed else pool.x
-        seed_rows = stages.kmeans_seed_rows(self.plan, count, pool_size=pool.size)
-        return self._finish[stage](key, x, pool.labels, found, pool_size=pool.size, buffer=buffer, seed_rows=seed_rows)
+        sizing = stages.kmeans_sizing(self.plan, count, pool_size=pool.size)
+        return self._finish[stage](key, x, pool.labels, found, pool_size=pool.size, buffer=buffer, kmeans_sizing=sizing)
 
     def _run_search(self, key: jax.Array, pool: _Pool, head_params: Any) -> tuple[SearchResult, int]:
         """The candidate search on a placed pool -> (SearchResult, candidate count); raises on a

@@ -19,7 +19,7 @@ from alfamix_jax.selection.anchors import compute_anchors, labelled_anchors
 from alfamix_jax.selection.caps import make_caps
 from alfamix_jax.selection.fill import fill_reference, fill_rows
 from alfamix_jax.selection.heads import HeadApply, linear_head_apply
-from alfamix_jax.selection.kmeans import seeding_rows
+from alfamix_jax.selection.kmeans import Sizing, sizing
 from alfamix_jax.selection.layout import NO_ROW, PAD_LABEL, ROW, WHOLE, Layout, Rows
 from alfamix_jax.selection.settings import LearnedAlphaSettings, Part, SelectorSettings
 
@@ -218,11 +218,11 @@ def run_search(layout: Layout, plan: Plan, key: jax.Array, embeddings: jax.Array
 
 def choose_rows(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddings: jax.Array | None, labels: jax.Array,
                 found: search.SearchResult, *, pool_size: int, buffer: choose.KMeansBuffer | None = None,
-                seed_rows: int | None = None) -> tuple[jax.Array, choose.Clustering]:
+                kmeans_sizing: Sizing | None = None) -> tuple[jax.Array, choose.Clustering]:
     """At most `budget` rows among the candidates -> (picks [B], -1 none; Clustering).
     stage: "all" (every candidate: there are at most budget), "diversify" (more: the
-    diversity rule), "auto" (decided inside the program, one device). seed_rows: see
-    `kmeans_seed_rows`."""
+    diversity rule), "auto" (decided inside the program, one device). kmeans_sizing: see
+    `kmeans_sizing`."""
     candidates = found.candidates
     count = jnp.sum(candidates, dtype=jnp.int32)
     if stage == "all":
@@ -236,7 +236,7 @@ def choose_rows(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddin
     if rule == "kmeans":
         return choose.kmeans_picks(layout, key, embeddings, candidates, plan.budget, buffer=buffer,
                                    capacity=plan.kmeans_rows(pool_size), kmeans_kwargs=plan.kmeans_kwargs,
-                                   seed_rows=seed_rows)
+                                   sizing=kmeans_sizing)
     if callable(rule):
         assert embeddings is not None  # None only for a streamed pool, which refuses a diversity function
         picks = choose.custom_picks(rule, key, embeddings, candidates, labels == -1, plan.budget)
@@ -246,14 +246,14 @@ def choose_rows(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddin
     return picks, choose.no_clustering(count)
 
 
-def kmeans_seed_rows(plan: Plan, count: int, *, pool_size: int) -> int | None:
-    """The rows k-means' seeding works on for `count` candidates (`kmeans.seeding_rows`):
-    the host reads the count between the stages, so the finish program compiles one
-    seeding, sized to the rows there. None where no k-means runs."""
+def kmeans_sizing(plan: Plan, count: int, *, pool_size: int) -> Sizing | None:
+    """k-means' sizes for `count` candidates (`kmeans.sizing`: its seeding's rows, whether its
+    Lloyd passes keep distance bounds): the host reads the count between the stages, so the
+    finish program compiles one path, sized to the rows there. None where no k-means runs."""
     if plan.diversity != "kmeans" or count <= plan.budget:
         return None
     capacity = plan.kmeans_rows(pool_size)
-    return seeding_rows(min(count, capacity), plan.budget, capacity)
+    return sizing(min(count, capacity), plan.budget, capacity)
 
 
 def kmeans_buffer(layout: Layout, plan: Plan, key: jax.Array, candidates: jax.Array, *,
@@ -293,12 +293,12 @@ def diagnose(plan: Plan, found: search.SearchResult, labels: jax.Array, selected
 
 def finish(layout: Layout, plan: Plan, stage: str, key: jax.Array, embeddings: jax.Array | None, labels: jax.Array,
            found: search.SearchResult, *, pool_size: int | None = None,
-           buffer: choose.KMeansBuffer | None = None, seed_rows: int | None = None) -> Selection:
+           buffer: choose.KMeansBuffer | None = None, kmeans_sizing: Sizing | None = None) -> Selection:
     """Choose among the candidates, fill, report. pool_size: N (default: all of labels' rows).
-    seed_rows: k-means' seeding size, when the host knows the candidate count (`kmeans_seed_rows`)."""
+    kmeans_sizing: k-means' sizes, when the host knows the candidate count (`kmeans_sizing`)."""
     pool_size = labels.shape[0] if pool_size is None else pool_size
     keys = split_keys(key)
     picks, clustering = choose_rows(layout, plan, stage, keys.diversity, embeddings, labels, found,
-                                    pool_size=pool_size, buffer=buffer, seed_rows=seed_rows)
+                                    pool_size=pool_size, buffer=buffer, kmeans_sizing=kmeans_sizing)
     selected, filled = fill_batch(layout, plan, keys.fill, picks, found.candidates, labels)
     return Selection(selected, found.candidates, diagnose(plan, found, labels, selected, filled, clustering))
