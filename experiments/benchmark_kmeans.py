@@ -84,14 +84,15 @@ def load_modules(revision):
 
 
 def functions(jax, old, new, case):
-    """{impl: (seeding, kmeans)} jitted, the case's k bound. The new code is told its seeding size
-    (`seeding_rows`), as the selection tells it from the candidate count it reads on the host."""
+    """{impl: (seeding, kmeans)} jitted, the case's k bound. The new code is told its sizes
+    (`sizing`: the seeding's rows, Lloyd's distance bounds or not), as the selection tells it
+    from the candidate count it reads on the host."""
     k = case["k"]
-    rows = new.seeding_rows(case["n_valid"], k, case["m"])
+    sizing = new.sizing(case["n_valid"], k, case["m"])
     return {
         "old": (jax.jit(functools.partial(old.kmeans_plus_plus, k=k)), jax.jit(functools.partial(old.kmeans, k=k))),
-        "new": (jax.jit(functools.partial(new.sampled_kmeans_plus_plus, k=k, rows=rows)),
-                jax.jit(functools.partial(new.kmeans, k=k, seed_rows=rows))),
+        "new": (jax.jit(functools.partial(new.sampled_kmeans_plus_plus, k=k, rows=sizing.seed_rows)),
+                jax.jit(functools.partial(new.kmeans, k=k, **sizing._asdict()))),
     }
 
 

@@ -106,7 +106,8 @@ def test_the_host_turns_bounds_on_for_many_rows_per_centre():
     assert sizing(26306, 100, 60000) == Sizing(8192, True)  # the Fashion-MNIST protocol's learned candidates
     assert not sizing(570, 500, 20000).bounded  # the 20k pool's closed-form candidates: two passes
     assert not sizing(3000, 100, 60000).bounded  # under 4096 rows
-    assert not sizing(20000, 2000, 60000).bounded  # under 16 rows per centre
+    assert not sizing(65536, 1000, 65536).bounded  # under 128 rows per centre
+    assert sizing(65536, 500, 65536).bounded
 
 
 def test_the_selector_gives_the_same_batch_with_bounds(monkeypatch):
@@ -115,7 +116,7 @@ def test_the_selector_gives_the_same_batch_with_bounds(monkeypatch):
     select = make_alfamix_selector(budget=40, num_classes=5, alpha="random", alpha_cap_step=0.5)
     plain = select(*args)
     count = int(plain.diagnostics.num_candidates)
-    assert count > 16 * 40 and not stages.kmeans_sizing(select.plan, count, pool_size=2500).bounded
+    assert count > 4 * 40 and not stages.kmeans_sizing(select.plan, count, pool_size=2500).bounded
     monkeypatch.setattr(lloyd_bounds, "worth_it", lambda n_valid, k: True)
     assert stages.kmeans_sizing(select.plan, count, pool_size=2500).bounded
     bounded = select(*args)

@@ -26,6 +26,8 @@ number of points actually there, while shapes stay static and nothing
 recompiles when that number changes. A caller that knows n_valid on the host
 (the selector, between its stages) gives the seeding's size instead
 (`seeding_rows`): one compiled seeding, on a prefix of at most 1.5x the rows.
+With many rows per centre it also asks for Lloyd passes that skip the rows whose
+cluster cannot change (`lloyd_bounds`; `sizing` decides both), with the same result.
 """
 import math
 from typing import NamedTuple
