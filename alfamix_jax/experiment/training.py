@@ -39,6 +39,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from alfamix_jax.experiment.models import linear_head_params
+from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.selection.heads import LinearHead, linear_head_apply
 from alfamix_jax.selection.mesh import mesh_size, padded_rows, replicated, row_sharding
 
@@ -366,7 +367,7 @@ class Trainer:
         x, rows, block, n_blocks = self._blocked(x)
 
         def run_block(i):
-            xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(i * block, rows - block), block, axis=0)
+            xb = jax.lax.dynamic_slice_in_dim(x, block_start(rows, block, i), block, axis=0)
             return self._eval_block_impl(params, batch_stats, xb)
 
         zs, logits = jax.lax.map(run_block, jnp.arange(n_blocks))  # [n_blocks, block, D], [n_blocks, block, C]
@@ -493,7 +494,7 @@ class Trainer:
 
         def run(i):
             t, b = i // n_blocks, i % n_blocks
-            xb = jax.lax.dynamic_slice_in_dim(x, jnp.minimum(b * block, rows - block), block, axis=0)
+            xb = jax.lax.dynamic_slice_in_dim(x, block_start(rows, block, b), block, axis=0)
             return self._mc_block_impl(params, batch_stats, xb, key, t, b)
 
         out = jax.lax.map(run, jnp.arange(passes * n_blocks))  # [T * n_blocks, block, C]
@@ -524,7 +525,7 @@ class Trainer:
         def run(i):
             t, b = i // n_blocks, i % n_blocks
             model = nnx.merge(self._graphdef_mc, params, batch_stats)
-            zb = jax.lax.dynamic_slice_in_dim(z, jnp.minimum(b * block, rows - block), block, axis=0)
+            zb = jax.lax.dynamic_slice_in_dim(z, block_start(rows, block, b), block, axis=0)
             return model.head(model._finish_embedding(self._split_rows(zb), _mc_key(key, t, b)))
 
         out = jax.lax.map(run, jnp.arange(passes * n_blocks))  # [T * n_blocks, block, C]

@@ -37,7 +37,8 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from alfamix_jax.selection import lloyd_bounds
-from alfamix_jax.selection.points import PASS_BLOCK, Points, as_points, block_rows, occupied_blocks
+from alfamix_jax.selection.blocks import block_rows, block_start, occupied_blocks
+from alfamix_jax.selection.points import PASS_BLOCK, Points, as_points
 from alfamix_jax.selection.reductions import first_index_of
 
 
@@ -362,7 +363,7 @@ def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: 
     first, end = j * size - start, jnp.minimum(n_valid, start + size) - start  # its new rows, block-relative
 
     def body(s: jax.Array, total: _PassStats) -> _PassStats:
-        offset = jnp.minimum(s * sub, size - sub)
+        offset = block_start(size, sub, s)
         rows = offset + jnp.arange(sub)
         fresh = (rows >= s * sub) & (rows >= first) & (rows < end)
         return _combine(total, _sub_stats(x, centres, start + offset, fresh, sub, assignment), offset, fresh)

@@ -23,7 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.selection.points import Points, block_rows
+from alfamix_jax.selection.blocks import block_rows
+from alfamix_jax.selection.points import Points
 from alfamix_jax.selection.reductions import first_index_of
 
 # Lower bounds per row at most: [M, 32] floats, 8 MiB for a 65,536-row buffer. More groups

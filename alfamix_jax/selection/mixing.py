@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.selection.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.selection.settings import LearnedAlphaSettings
 
@@ -243,7 +244,7 @@ def _by_chunks(fn: ChunkFn, block: Block, chunk: int | None) -> tuple[jax.Array,
         return flipped[:b], rho[:b]
 
     def body(j: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        start = jnp.minimum(j * size, b - size)
+        start = block_start(b, size, j)
         f, r = fn(*(jax.lax.dynamic_slice_in_dim(x, start, size) for x in (block.u, block.pseudo, block.rows)))
         return (jax.lax.dynamic_update_slice_in_dim(carry[0], f, start, axis=0),
                 jax.lax.dynamic_update_slice_in_dim(carry[1], r, start, axis=0))

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection.blocks import block_rows, occupied_blocks
+
 NORM_EPS = 1e-12  # F.normalize's eps
 
 
@@ -54,21 +56,6 @@ class Points(NamedTuple):
         """Rows idx [R] (each in [0, M)) -> [R, D]."""
         x = self.source[idx] if self.rows is None else self.source[self.rows[idx]]
         return x if self.scale is None else x / self.scale[idx][:, None]
-
-
-def occupied_blocks(m: int, block_size: int, n_valid: jax.Array | int) -> tuple[int, jax.Array | int]:
-    """Rows per block of M rows, and how many blocks hold the first n_valid."""
-    size = min(block_size, m)
-    return size, (n_valid + size - 1) // size
-
-
-def block_rows(m: int, size: int, n_valid: jax.Array | int,
-               j: jax.Array | int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Start of block j (the last one shifted back to fit in the M rows), its rows [size],
-    and which of them are new to this block and valid."""
-    start = jnp.minimum(j * size, m - size)
-    rows = start + jnp.arange(size)
-    return start, rows, (rows >= j * size) & (rows < n_valid)
 
 
 def as_points(x: "jax.Array | Points") -> Points:

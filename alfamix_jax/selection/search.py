@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.selection.gradients import loss_gradient, normalise_rows
 from alfamix_jax.selection.heads import HeadApply, LinearHead
 from alfamix_jax.selection.layout import NO_ROW, PAD_LABEL, Rows
@@ -47,12 +48,6 @@ def block_starts(n: int, block_size: int) -> tuple[int, int]:
     """Block size actually used and the number of blocks for n rows."""
     size = min(block_size, n)
     return size, -(-n // size)
-
-
-def _block(n: int, size: int, j: jax.Array | int) -> jax.Array:
-    # The last block is shifted back so that it ends at row n: rows it shares
-    # with the previous block are computed twice, with identical results.
-    return jnp.minimum(j * size, n - size)
 
 
 def search_general(
@@ -104,7 +99,7 @@ def search_general(
 
         def body(j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
             flips, rho, has_direction = carry
-            start = _block(n, size, j)
+            start = block_start(n, size, j)
             block, has_dir = block_at(start)
             ok = jax.lax.dynamic_slice_in_dim(eligible, start, size)
             if require_direction:
@@ -301,7 +296,7 @@ def linear_search(
 
     def body(j: jax.Array | int, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         first, direction, row_hist, anchor_hist, first_bad = carry
-        start = _block(n, size, j)
+        start = block_start(n, size, j)
         u = jax.lax.dynamic_slice_in_dim(embeddings, start, size)
         block_labels = jax.lax.dynamic_slice_in_dim(labels, start, size)
         fresh = start + jnp.arange(size) >= j * size

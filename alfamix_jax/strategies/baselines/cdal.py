@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.selection.reductions import first_index_of
 from alfamix_jax.strategies.baselines.coreset import ARGMAX_BLOCK, CENTRE_BLOCK, first_argmax
 from alfamix_jax.strategies.baselines.dropquery import map_row_blocks
@@ -89,7 +90,7 @@ def distance_to_labelled(p, log_p, labelled, *, block_size: int = 4096):
 
         def body(j, carry):
             best, best_idx = carry
-            first = jnp.minimum(j * cols, n - cols)  # the last block shifted back to fit
+            first = block_start(n, cols, j)
             idx = jax.lax.dynamic_slice_in_dim(lab_idx, first, cols)  # [K]
             pos = first + jnp.arange(cols)
             fresh = (pos >= j * cols) & (pos < num_lab)

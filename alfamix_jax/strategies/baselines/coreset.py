@@ -48,17 +48,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 ARGMAX_BLOCK = 256  # entries per block of first_argmax
 CENTRE_BLOCK = 128  # columns (centres) per distance tile
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
-
-
-def _block_start(n: int, size: int, j):
-    """Start of block j, the last one shifted back to fit inside n rows (its
-    overlap with the previous block is recomputed; the minimum is idempotent)."""
-    return jnp.minimum(j * size, n - size)
 
 
 def min_sq_dists_to_centres(sub, x, centres, *, block_size: int = 4096):
@@ -77,12 +72,12 @@ def min_sq_dists_to_centres(sub, x, centres, *, block_size: int = 4096):
     num_col_blocks = (num_centres + col_size - 1) // col_size
 
     def row_block(i, min_dist):
-        start = _block_start(s, row_size, i)
+        start = block_start(s, row_size, i)
         xb = jax.lax.dynamic_slice_in_dim(sub, start, row_size)  # [b, F]
         sqb = jax.lax.dynamic_slice_in_dim(sq_sub, start, row_size)  # [b]
 
         def col_block(k, best):
-            cstart = _block_start(n, col_size, k)
+            cstart = block_start(n, col_size, k)
             cols = jax.lax.dynamic_slice_in_dim(order, cstart, col_size)  # [c] pool indices
             valid = (cstart + jnp.arange(col_size)) < num_centres
             xc, sqc = x[cols], sq_x[cols]  # [c, F], [c]
@@ -144,7 +139,7 @@ def lazy_k_center(min_dist, feats, row_dists, block_dists, budget: int, *, prior
     def refresh_all(md, g, t, cents):
         """Every row up to date with centres g..t-1 (then g = t)."""
         def body(j, md):
-            start = jnp.minimum(j * rows, s - rows)  # the last block shifted back (min is idempotent)
+            start = block_start(s, rows, j)
             block = jax.tree.map(lambda f: jax.lax.dynamic_slice_in_dim(f, start, rows), feats)
             new = chunk_min(block_dists, block, g, t, cents, jax.lax.dynamic_slice_in_dim(md, start, rows), chunk)
             return jax.lax.dynamic_update_slice_in_dim(md, new, start, 0)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.selection import diversity
+from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.selection.fill import fill_default
 from alfamix_jax.selection.layout import Layout
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
@@ -55,7 +56,7 @@ def map_row_blocks(fn, n: int, block_size: int):
     size = min(block_size, n)
 
     def body(j, out):
-        start = jnp.minimum(j * size, n - size)
+        start = block_start(n, size, j)
         return jax.tree.map(lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, 0), out, fn(start))
 
     init = jax.tree.map(lambda s: jnp.zeros((n, *s.shape[1:]), s.dtype), jax.eval_shape(fn, 0))
