@@ -84,8 +84,8 @@ CASES = [("learned", True), ("learned", False), ("random", False)]
 @pytest.mark.parametrize("alpha,reset", CASES)
 def test_fast_flips_equal_the_general_ones_on_the_fixtures(alpha, reset):
     """The original's pools (2200 x 64, 10 classes; the learned fixture for learned alpha, the
-    random one for random alpha), at their lowest and their last cap; chunks of 64 rows, the
-    last one shifted back."""
+    random one for random alpha), at their lowest and their last cap; chunks of
+    `linear_chunk(64)` = 256 rows, the last one shifted back."""
     fx = load_fixture(alpha)
     x, labels, head = jnp.asarray(fx["pool_embeddings"]), fixture_labels(fx), fixture_head(fx)
     anchors = compute_anchors(x, jnp.asarray(labels), 10)
@@ -104,6 +104,26 @@ def test_fast_flips_equal_the_general_ones_on_random_pools(alpha, reset):
     anchors = jnp.stack([compute_anchors(jnp.asarray(p[0]), jnp.asarray(p[1]), NUM_CLASSES) for p in pools])
     head = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[p[3] for p in pools])
     assert assert_same(x, head, anchors, caps, alpha, reset, chunk=7) > 0
+
+
+@functools.partial(jax.jit, static_argnames="chunks")
+def _fast_learned_by_chunks(x, head, anchors, caps, chunks):
+    run = functools.partial(_flips, caps=caps, key=jax.random.key(5), alpha="learned", fast=True, reset=False)
+    return [run(x, head, anchors, chunk=chunk) for chunk in chunks]
+
+
+def test_chunks_of_64_to_256_rows_give_the_same_bits():
+    """`linear_chunk` picks 64 to 256 rows by D for speed alone: the flips and rho must not
+    depend on it (the same rows computed in differently shaped chunks)."""
+    x, labels, _, head = make_pool(3, n=700, dim=96, num_classes=NUM_CLASSES, sep=0.8)
+    anchors = compute_anchors(jnp.asarray(x), jnp.asarray(labels), NUM_CLASSES)
+    assert [mixing.linear_chunk(d) for d in (64, 256, 512, 1024, 4096)] == [256, 256, 128, 64, 64]
+    caps = jnp.asarray([0.1, 0.4])
+    (f64, r64), *others = _fast_learned_by_chunks(jnp.asarray(x), head, anchors, caps, (64, 128, 256))
+    assert 0 < int(np.sum(f64)) < f64.size
+    for flips, rho in others:
+        np.testing.assert_array_equal(np.asarray(flips), np.asarray(f64))
+        np.testing.assert_array_equal(np.asarray(rho).view(np.uint32), np.asarray(r64).view(np.uint32))
 
 
 def test_reference_selections_equal_with_and_without_the_fast_path():
