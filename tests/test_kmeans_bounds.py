@@ -54,6 +54,16 @@ def test_bounded_passes_equal_full_passes_bit_for_bit(n, m, dim, k, spread, view
             assert int(bounded.rows_computed) < 0.8 * (iterations + 1) * n
 
 
+@pytest.mark.parametrize("k,n_valid", [(1, 700), (3, 0), (50, 49)],
+                         ids=["one-centre", "no-rows", "fewer-rows-than-centres"])
+def test_bounded_passes_equal_full_passes_at_the_edges(k, n_valid):
+    x = jnp.asarray(np.random.RandomState(0).randn(700, 5).astype(np.float32))
+    full = run(jax.random.key(1), x, n_valid, k=k, bounded=False)
+    bounded = run(jax.random.key(1), x, n_valid, k=k, bounded=True)
+    for field in FIELDS:
+        np.testing.assert_array_equal(np.asarray(getattr(bounded, field)), np.asarray(getattr(full, field)))
+
+
 def test_ties_are_recomputed_and_go_to_the_lower_centre():
     """Duplicated rows make exact ties between clusters' distances; a full pass sends a tie to the
     lower index, and so must a pass that may skip rows."""
