@@ -135,6 +135,11 @@ def _sub_rows(k: int, dim: int) -> int:
     return 256 * 2 ** max(0, (2**18 // (k * dim)).bit_length() - 1)
 
 
+def _pass_sub_rows(size: int, k: int, dim: int) -> int:
+    """Rows per sub-block of a Lloyd pass in blocks of `size` rows."""
+    return min(size, _sub_rows(k, dim))
+
+
 def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -359,7 +364,7 @@ def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: 
     whichever device computes the block."""
     m, dim = x.shape
     start, _, _ = block_rows(m, size, n_valid, j)
-    sub = min(size, _sub_rows(*centres.shape))
+    sub = _pass_sub_rows(size, *centres.shape)
     first, end = j * size - start, jnp.minimum(n_valid, start + size) - start  # its new rows, block-relative
 
     def body(s: jax.Array, total: _PassStats) -> _PassStats:
@@ -506,7 +511,7 @@ def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size
     -> (centres [k, D], iterations, rows recomputed)."""
     m, dim = x.shape
     k = centres.shape[0]
-    sub = min(size, _sub_rows(k, dim))  # a full pass's sub-block: the same product per row
+    sub = _pass_sub_rows(size, k, dim)  # a full pass's sub-block: the same product per row
 
     def body(state: _BoundedState) -> _BoundedState:
         _, i, centres, moved, bounds, computed = state
