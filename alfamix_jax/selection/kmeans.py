@@ -383,12 +383,13 @@ def _cluster_sums(xw: jax.Array, w: jax.Array, a: jax.Array, k: int) -> tuple[ja
     On CPU a scatter-add (segment_sum) adds rows in order. On GPUs XLA's
     scatter-add uses atomics, whose order (and so the float sums' last bits)
     changes from run to run; a one-hot matmul there costs one more [b, k, D]
-    product but gives the same bits every run."""
-    rows = jnp.concatenate([xw, w[:, None]], axis=1)  # [b, D + 1]: one scatter (or product) for both
+    product but gives the same bits every run. The weights are summed apart on CPU: a
+    scatter adds each column on its own, and appending them to the rows cost a copy of
+    the block."""
     if jax.default_backend() == "cpu":
-        sums = jax.ops.segment_sum(rows, a, num_segments=k)
-    else:
-        sums = jnp.dot(jax.nn.one_hot(a, k, dtype=xw.dtype).T, rows, precision="highest")  # [k, D + 1]
+        return jax.ops.segment_sum(xw, a, num_segments=k), jax.ops.segment_sum(w, a, num_segments=k)
+    rows = jnp.concatenate([xw, w[:, None]], axis=1)  # [b, D + 1]: one product for both
+    sums = jnp.dot(jax.nn.one_hot(a, k, dtype=xw.dtype).T, rows, precision="highest")  # [k, D + 1]
     return sums[:, :-1], sums[:, -1]
 
 
