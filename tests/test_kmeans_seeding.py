@@ -16,13 +16,13 @@ from alfamix_jax import kmeans
 from alfamix_jax.selection.kmeans import (
     _GRAM_MAX,
     _gram,
-    _prefix_sums,
     _uniforms,
     prefix_rows,
     sample_size,
     sampled_kmeans_plus_plus,
     seeding_rows,
 )
+from alfamix_jax.selection.reductions import prefix_sums
 
 
 @functools.partial(jax.jit, static_argnames=("k", "seeding"))
@@ -148,7 +148,7 @@ def test_uniforms_are_uniform_and_keyed():
 
 def test_prefix_sums_are_cumsum():
     v = np.random.default_rng(0).uniform(size=1024).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(jax.jit(_prefix_sums)(jnp.asarray(v))), np.cumsum(v, dtype=np.float64),
+    np.testing.assert_allclose(np.asarray(jax.jit(prefix_sums)(jnp.asarray(v))), np.cumsum(v, dtype=np.float64),
                                rtol=1e-5)
 
 

@@ -39,7 +39,7 @@ from jax.typing import DTypeLike
 from alfamix_jax.selection import lloyd_bounds
 from alfamix_jax.selection.blocks import block_rows, block_start, occupied_blocks
 from alfamix_jax.selection.points import PASS_BLOCK, Points, as_points
-from alfamix_jax.selection.reductions import first_index_of
+from alfamix_jax.selection.reductions import first_index_of, prefix_sums
 
 
 class KMeansResult(NamedTuple):
@@ -122,7 +122,7 @@ def sample_size(k: int) -> int:
     return max(8 * k, 8192)
 
 
-_TILE = 128  # rows per tile of the seeding's Gram matrix and its prefix sums
+_TILE = 128  # rows per tile of the seeding's Gram matrix
 _GRAM_MAX = 8192  # the largest sample whose Gram matrix is built (256 MiB); past it, distances per step
 
 
@@ -162,18 +162,6 @@ def _uniforms(key: jax.Array, n: int) -> jax.Array:
     return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
-def _prefix_sums(v: jax.Array) -> jax.Array:
-    """Inclusive prefix sums of v [P] (P a multiple of _TILE) as two products with
-    triangular ones: `jnp.cumsum` lowers to an associative scan on CPU, ~0.25 s of
-    compile per call site. -> [P]."""
-    tiles = v.reshape(-1, _TILE)  # [P / TILE, TILE]
-    upper = jnp.triu(jnp.ones((_TILE, _TILE), v.dtype))
-    within = jnp.dot(tiles, upper, precision="highest")  # [P / TILE, TILE] sums inside each tile
-    n = tiles.shape[0]
-    before = jnp.dot(within[:, -1], jnp.triu(jnp.ones((n, n), v.dtype), 1), precision="highest")  # [P / TILE]
-    return (within + before[:, None]).reshape(-1)
-
-
 def _gram(xs: jax.Array, n_valid: jax.Array | int) -> jax.Array:
     """xs [P, D] -> xs xs^T [P, P], only the row panels over the first n_valid rows
     computed (the rest zero): a few real rows cost a few rows, whatever P."""
@@ -209,7 +197,7 @@ def _greedy(u: jax.Array, xs: jax.Array, n_valid: jax.Array | int, k: int, gram:
 
     def step(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         chosen, mind = carry
-        cdf = _prefix_sums(mind)
+        cdf = prefix_sums(mind)
         # D^2 draws by inverse CDF, searched as a count. All distances 0 (no more distinct
         # rows than centres): the last real row, a repeat, as good as any.
         cands = jnp.minimum(jnp.sum(cdf[None, :] <= u[i][:, None] * cdf[-1], axis=1), last)  # [T]
@@ -517,7 +505,7 @@ def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size
     def body(state: _BoundedState) -> _BoundedState:
         _, i, centres, moved, bounds, computed = state
         bounds, packed, count = lloyd_bounds.stale(bounds, moved, centres, n_valid, size, num_blocks,
-                                                   _round_up(m, sub), _prefix_sums, _TILE)
+                                                   _round_up(m, sub))
         bounds = lloyd_bounds.refresh(x, bounds, packed, count, centres, sub, _sq_dists)
         out = _assign_pass(x, n_valid, centres, size, num_blocks, bounds.assignment)
         done, kept, new = _moved(centres, out, i, threshold, max_iters)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from alfamix_jax.selection.blocks import block_rows
 from alfamix_jax.selection.points import Points
-from alfamix_jax.selection.reductions import first_index_of
+from alfamix_jax.selection.reductions import first_index_of, prefix_sums
 
 # Lower bounds per row at most: [M, 32] floats, 8 MiB for a 65,536-row buffer. More groups
 # skip more rows but widen more bounds per pass: on the Fashion-MNIST candidates (k = 100)
@@ -54,10 +54,14 @@ def group_size(k: int) -> int:
     return -(-k // MAX_GROUPS)
 
 
+def _groups(k: int) -> int:
+    """G: groups of `group_size(k)` centres, the last one possibly short."""
+    return -(-k // group_size(k))
+
+
 def initial(m: int, k: int, dtype: jnp.dtype) -> Bounds:
     """Bounds that know nothing: every row is recomputed on the first pass."""
-    groups = -(-k // group_size(k))
-    return Bounds(jnp.zeros((m,), jnp.int32), jnp.full((m,), jnp.inf, dtype), jnp.zeros((m, groups), dtype),
+    return Bounds(jnp.zeros((m,), jnp.int32), jnp.full((m,), jnp.inf, dtype), jnp.zeros((m, _groups(k)), dtype),
                   jnp.zeros((m,), dtype))
 
 
@@ -72,8 +76,7 @@ def _error(norms: jax.Array, centres: jax.Array) -> jax.Array:
 
 def _by_group(values: jax.Array, k: int, fill: float, reduce: Callable[..., jax.Array]) -> jax.Array:
     """Reduce the last axis [..., k] over groups of `group_size(k)` centres -> [..., G]."""
-    size = group_size(k)
-    groups = -(-k // size)
+    size, groups = group_size(k), _groups(k)
     pad = [(0, 0)] * (values.ndim - 1) + [(0, groups * size - k)]
     return reduce(jnp.pad(values, pad, constant_values=fill).reshape(*values.shape[:-1], groups, size), axis=-1)
 
@@ -94,11 +97,9 @@ def _unclear(bounds: Bounds, centres: jax.Array) -> jax.Array:
 
 
 def stale(bounds: Bounds, moved: jax.Array, centres: jax.Array, n_valid: jax.Array | int, size: int,
-          num_blocks: jax.Array | int, slots: int, prefix_sums: Callable[[jax.Array], jax.Array],
-          tile: int) -> tuple[Bounds, jax.Array, jax.Array]:
+          num_blocks: jax.Array | int, slots: int) -> tuple[Bounds, jax.Array, jax.Array]:
     """Widen every valid row's bounds by how far the centres moved (moved [k]) and list the
-    rows to recompute, over the occupied blocks of `size` rows only. prefix_sums: inclusive
-    sums of a vector of whole tiles of `tile` (exact for counts below 2^24).
+    rows to recompute, over the occupied blocks of `size` rows only.
     -> (bounds, packed [slots >= M] int32 rows, the listed first; their count)."""
     m = bounds.upper.shape[0]
     k = centres.shape[0]
@@ -111,7 +112,7 @@ def stale(bounds: Bounds, moved: jax.Array, centres: jax.Array, n_valid: jax.Arr
         keep = jax.tree.map(lambda new, old: jnp.where(fresh.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
                             wide, part)  # rows an earlier block already widened stay as they are
         flags = fresh & _unclear(keep, centres)
-        within = prefix_sums(jnp.pad(flags.astype(jnp.float32), (0, -size % tile)))[:size].astype(jnp.int32)
+        within = prefix_sums(flags.astype(jnp.float32)).astype(jnp.int32)  # [size] each flagged row's place
         packed = packed.at[jnp.where(flags, count + within - 1, slots)].set(rows, mode="drop")
         bounds = jax.tree.map(lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new, start, 0), bounds, keep)
         return bounds, packed, count + within[-1]

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alfamix_jax.selection.blocks import block_start
+from alfamix_jax.selection.blocks import block_start, occupied_blocks
 from alfamix_jax.selection.gradients import loss_gradient, normalise_rows
 from alfamix_jax.selection.heads import HeadApply, LinearHead
 from alfamix_jax.selection.layout import NO_ROW, PAD_LABEL, Rows
@@ -42,12 +42,6 @@ class SearchResult(NamedTuple):
 
 # flips_fn(block, anchor, eps, cap, key) -> (flipped [b], rho [b])
 FlipsFn = Callable[[Block, jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-
-
-def block_starts(n: int, block_size: int) -> tuple[int, int]:
-    """Block size actually used and the number of blocks for n rows."""
-    size = min(block_size, n)
-    return size, -(-n // size)
 
 
 def search_general(
@@ -77,7 +71,7 @@ def search_general(
     total = rows.total
     num_eligible = total(jnp.sum(eligible, dtype=jnp.int32)).astype(embeddings.dtype)
     num_caps, num_anchors = eps.shape[0], anchors.shape[0]
-    size, num_blocks = block_starts(n, block_size)
+    size, num_blocks = occupied_blocks(n, block_size, n)
 
     def block_at(start: jax.Array) -> tuple[Block, jax.Array]:
         u = jax.lax.dynamic_slice_in_dim(embeddings, start, size)
@@ -292,7 +286,7 @@ def linear_search(
     back to end at n; its rows already counted are not counted again), totals over the pool."""
     n = embeddings.shape[0]
     num_caps = eps.shape[0]
-    size, num_blocks = block_starts(n, block_size)
+    size, num_blocks = occupied_blocks(n, block_size, n)
 
     def body(j: jax.Array | int, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         first, direction, row_hist, anchor_hist, first_bad = carry
