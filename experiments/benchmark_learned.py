@@ -41,7 +41,7 @@ from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool  #
 
 # The learned / random path's files; selector.py with them, as it passes stages.py its static arguments.
 OLD_FILES = ("alfamix_jax/selection/mixing.py", "alfamix_jax/selection/stages.py", "alfamix_jax/selection/heads.py",
-             "alfamix_jax/selection/selector.py")
+             "alfamix_jax/selection/selector.py", "alfamix_jax/selection/search.py")
 ORIGINAL_LEARNED_S = 154.9  # the original's learned query on the 20k x 512 pool, cap step 0.03125
 CASES = {  # name: (unlabelled rows, dim, budget, cap step)
     "20k": (20000, 512, 1000, 0.03125),

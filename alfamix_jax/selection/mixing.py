@@ -8,9 +8,11 @@ are unbounded in the closed form). The candidate search vmaps these over
 anchors inside a block.
 
 On the linear head, random and learned alpha have `*_linear_flips` twins (chosen by
-`stages.make_plan`): the same draws and Adam steps (`_adam_step`, shared), the gradient in
-closed form, the mix's logits as the row's own plus (alpha * (a - u)) W^T, and the rows
-taken in chunks, every step of a chunk before the next chunk.
+`stages.make_plan`) that take every anchor of a block at once: the same draws and Adam steps
+(`_adam_step`, shared), the gradient in closed form, the mix's logits as the row's own plus
+(alpha * (a - u)) W^T, and the (anchor, row) pairs taken in chunks, every step of a chunk
+before the next chunk; pairs that `flip_bound.least_flip_caps` shows cannot flip at the cap
+are skipped.
 """
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -20,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.selection.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.selection.settings import LearnedAlphaSettings
 
@@ -219,44 +220,53 @@ def learned_flips(head_apply: HeadApply, head_params: Any, block: Block, anchor:
     return flipped, rho
 
 
-def linear_chunk(dim: int) -> int:
-    """Rows per chunk of the linear fast path at D = dim: all of a chunk's steps run before the
-    next chunk, so alpha, its Adam moments and z ([K, chunk, D] each, K anchors) stay in cache.
-    About 2^16 / D rows (a chunk's working set the same at any D), between 64 and 256: on a
-    2-core EPYC the learned search at 20k x 512 took as long with 64 or 128 rows (3.95, 3.92 s;
-    256: 4.71 s), and on the Fashion-MNIST protocol's 60k x 256 pool 1.27-1.39 s with 256 rows
-    against 1.50-1.58 s with 64 (1024: 1.95 s). From 64 to 256 rows the search's results are
-    the same bits (measured at D = 64, 256 and 512; 512 rows and more change a few rho's last
-    bits), and every chunk has the same shape on any mesh."""
-    return max(64, min(256, 1 << max(0, (2**16 // max(dim, 1)).bit_length() - 1)))
+def pair_chunk(dim: int) -> int:
+    """(Anchor, row) pairs per chunk of the linear paths at D = dim: all of a chunk's steps run
+    before the next chunk, so alpha, its Adam moments and z ([chunk, D] each) stay in cache.
+    About 2^18 / D pairs (1 MiB per array), between 256 and 1024: on a 2-core EPYC the learned
+    search at 20k x 512 (5 caps) took 0.53-0.62 s with 512 pairs against 0.62-0.71 s with 128
+    and 0.73 s with 2048, and on the Fashion-MNIST protocol's 60k x 256 pool 0.84-0.90 s with
+    1024 against 0.94-1.2 s with 256-512. A pair's results do not depend on the other pairs
+    in its chunk (tests/test_learned_fast.py), and every chunk has the same shape on any mesh."""
+    return max(256, min(1024, 1 << max(0, (2**18 // max(dim, 1)).bit_length() - 1)))
 
 
-# fn(u [c, D], pseudo [c], rows [c]) -> (flipped [c], rho [c]) for one chunk of rows
-ChunkFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# fn(u [c, D], anchor [c, D], pseudo [c], keys [c]) -> (flipped [c], rho [c]) for one chunk of
+# (anchor, row) pairs: each pair's row, its anchor, pseudo-label and PRNG key.
+PairFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
-def _by_chunks(fn: ChunkFn, block: Block, chunk: int | None) -> tuple[jax.Array, jax.Array]:
-    """`fn` over the block's rows in chunks of `chunk` rows (the last chunk shifted back to
-    end at the block's end; rows it repeats get the same values). Vmapped over anchors, each
-    chunk handles every anchor at once, so its working set is [K, chunk, D]. A block of fewer
-    rows is padded (its last row repeated) to one whole chunk: every chunk then has the same
-    shape on any mesh, and XLA's reductions over a chunk's rows round alike, so the results
-    are bit-identical whatever block each device holds."""
-    size = chunk or linear_chunk(block.u.shape[1])
-    b = block.u.shape[0]
-    if b < size:
-        whole = jax.tree.map(lambda x: jnp.pad(x, [(0, size - b)] + [(0, 0)] * (x.ndim - 1), mode="edge"), block)
-        flipped, rho = _by_chunks(fn, whole, size)
-        return flipped[:b], rho[:b]
+def _by_pairs(fn: PairFn, block: Block, anchors: jax.Array, keys: jax.Array, may_flip: jax.Array | None,
+              chunk: int | None) -> tuple[jax.Array, jax.Array]:
+    """`fn` over the (anchor, row) pairs of a block that may flip, packed into chunks of `chunk`
+    pairs (`pair_chunk(D)` by default); the other pairs are not computed: (False, inf).
+    anchors [K, D], keys [K] (one per anchor; a pair's key is its anchor's folded with the
+    row's global index, as `row_keys`), may_flip [K, b] bool or None (every pair) ->
+    flipped [K, b], rho [K, b]. The last chunk is shifted back to end at the last packed pair
+    (pairs it repeats get the same values); with fewer pairs than a chunk, the unused places
+    compute a repeat of a pair and are not written. Every chunk has the same shape, and a
+    pair's values do not depend on the others in its chunk (measured: the same bits from
+    chunks of 64 to 256 rows and on any mesh), so skipping pairs changes none of the others."""
+    num_anchors, b = anchors.shape[0], block.u.shape[0]
+    total = num_anchors * b
+    size = chunk or pair_chunk(block.u.shape[1])
+    flat = jnp.ones(total, bool) if may_flip is None else may_flip.reshape(total)
+    count = jnp.sum(flat, dtype=jnp.int32)
+    # Pair ids (anchor * b + row) that may flip first; max(total, size) places, so a chunk always fits.
+    packed = jnp.nonzero(jnp.pad(flat, (0, max(0, size - total))), size=max(total, size), fill_value=0)[0]
 
     def body(j: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        start = block_start(b, size, j)
-        f, r = fn(*(jax.lax.dynamic_slice_in_dim(x, start, size) for x in (block.u, block.pseudo, block.rows)))
-        return (jax.lax.dynamic_update_slice_in_dim(carry[0], f, start, axis=0),
-                jax.lax.dynamic_update_slice_in_dim(carry[1], r, start, axis=0))
+        start = jnp.maximum(jnp.minimum(j * size, count - size), 0)
+        ids = jax.lax.dynamic_slice_in_dim(packed, start, size)  # [size]
+        anchor_of, row_of = ids // b, ids % b
+        pair_keys = jax.vmap(jax.random.fold_in)(keys[anchor_of], block.rows[row_of])
+        f, r = fn(block.u[row_of], anchors[anchor_of], block.pseudo[row_of], pair_keys)
+        target = jnp.where(start + jnp.arange(size) < count, ids, total)  # past the pairs: dropped
+        return carry[0].at[target].set(f, mode="drop"), carry[1].at[target].set(r, mode="drop")
 
-    init = (jnp.zeros(b, bool), jnp.full(b, jnp.inf, block.u.dtype))
-    return jax.lax.fori_loop(0, -(-b // size), body, init)
+    init = (jnp.zeros(total, bool), jnp.full(total, jnp.inf, block.u.dtype))
+    flipped, rho = jax.lax.fori_loop(0, (count + size - 1) // size, body, init)
+    return flipped.reshape(num_anchors, b), rho.reshape(num_anchors, b)
 
 
 class _LinearMix(NamedTuple):
@@ -276,7 +286,7 @@ class _LinearMix(NamedTuple):
 
     @staticmethod
     def of(head: LinearHead, u: jax.Array, anchor: jax.Array, pseudo: jax.Array) -> "_LinearMix":
-        """u [c, D], anchor [D], pseudo [c]."""
+        """u [c, D], anchor [D] or [c, D] (one per row), pseudo [c]."""
         z = anchor - u
         return _LinearMix(z, linear_head_apply(head, u), pseudo, _z_norm(z))
 
@@ -291,16 +301,19 @@ class _LinearMix(NamedTuple):
         return logits, flipped | now, jnp.where(now, jnp.minimum(rho, rho_now), rho)
 
 
-def random_linear_flips(head: LinearHead, block: Block, anchor: jax.Array, cap: jax.Array,
-                        key: jax.Array, *, chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """`rule_flips(random_alpha, ...)` for a linear head, by chunks of rows: the same draws, the mix as `_LinearMix`."""
-    def one(u: jax.Array, pseudo: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-        alpha = random_alpha(row_keys(key, rows), u, u, anchor, cap)  # [c, D]
+def random_linear_flips(head: LinearHead, block: Block, anchors: jax.Array, cap: jax.Array, keys: jax.Array, *,
+                        may_flip: jax.Array | None = None,
+                        chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """`rule_flips(random_alpha, ...)` for a linear head and every anchor [K, D] (keys [K]) at
+    once, over the pairs that `may_flip` [K, b] (`_by_pairs`): the same draws, the mix as
+    `_LinearMix`. -> flipped [K, b], rho [K, b]."""
+    def one(u: jax.Array, anchor: jax.Array, pseudo: jax.Array, pair_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+        alpha = random_alpha(pair_keys, u, u, anchor, cap)  # [c, D]
         mix = _LinearMix.of(head, u, anchor, pseudo)
         _, flipped, rho = mix.check(head, alpha, jnp.zeros(u.shape[0], bool), jnp.full(u.shape[0], jnp.inf, u.dtype))
         return flipped, rho
 
-    return _by_chunks(one, block, chunk)
+    return _by_pairs(one, block, anchors, keys, may_flip, chunk)
 
 
 def learned_gradient(head: LinearHead, logits: jax.Array, pseudo: jax.Array, z: jax.Array, alpha: jax.Array,
@@ -315,14 +328,16 @@ def learned_gradient(head: LinearHead, logits: jax.Array, pseudo: jax.Array, z: 
     return d_mix * z + config.l2_coef * (alpha / norm)
 
 
-def learned_linear_flips(head: LinearHead, block: Block, anchor: jax.Array, cap: jax.Array, key: jax.Array,
-                         config: LearnedAlphaSettings, *, reset_state: bool,
+def learned_linear_flips(head: LinearHead, block: Block, anchors: jax.Array, cap: jax.Array, keys: jax.Array,
+                         config: LearnedAlphaSettings, *, reset_state: bool, may_flip: jax.Array | None = None,
                          chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """`learned_flips` for a linear head: the same start, Adam steps, clamps and checks, with
-    the gradient in closed form (`learned_gradient`) and every step of a chunk of rows run
-    before the next chunk, so alpha and its Adam state stay in cache. The last step's update
-    is never checked (in `learned_flips` either), so it is not made."""
-    def one(u: jax.Array, pseudo: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`learned_flips` for a linear head and every anchor [K, D] (keys [K]) at once, over the
+    pairs that `may_flip` [K, b] (`_by_pairs`): the same start, Adam steps, clamps and checks,
+    with the gradient in closed form (`learned_gradient`) and every step of a chunk of pairs
+    run before the next chunk, so alpha and its Adam state stay in cache. The last step's
+    update is never checked (in `learned_flips` either), so it is not made.
+    -> flipped [K, b], rho [K, b]."""
+    def one(u: jax.Array, anchor: jax.Array, pseudo: jax.Array, pair_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
         mix = _LinearMix.of(head, u, anchor, pseudo)
 
         def step(i: jax.Array, carry: _LearnCarry) -> _LearnCarry:
@@ -332,11 +347,11 @@ def learned_linear_flips(head: LinearHead, block: Block, anchor: jax.Array, cap:
             alpha, moments = _adam_step(alpha, grad, moments, i, cap, config, reset_state=reset_state)
             return alpha, moments, flipped, rho
 
-        alpha0 = random_alpha(row_keys(key, rows), u, u, anchor, cap)  # [c, D]
+        alpha0 = random_alpha(pair_keys, u, u, anchor, cap)  # [c, D]
         init = (alpha0, _adam_init(alpha0, reset_state=reset_state), jnp.zeros(u.shape[0], bool),
                 jnp.full(u.shape[0], jnp.inf, u.dtype))
         alpha, _, flipped, rho = jax.lax.fori_loop(0, config.iters - 1, step, init)
         _, flipped, rho = mix.check(head, alpha, flipped, rho)
         return flipped, rho
 
-    return _by_chunks(one, block, chunk)
+    return _by_pairs(one, block, anchors, keys, may_flip, chunk)

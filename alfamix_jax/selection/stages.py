@@ -6,6 +6,7 @@ and a mesh run the same code; `selector.py` only orders the stages and moves dat
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.selection import diversity as choose
-from alfamix_jax.selection import mixing, search
+from alfamix_jax.selection import flip_bound, mixing, search
 from alfamix_jax.selection.anchors import compute_anchors, labelled_anchors
 from alfamix_jax.selection.caps import make_caps
 from alfamix_jax.selection.fill import fill_reference, fill_rows
@@ -99,19 +100,16 @@ class Plan:
         return caps / np.sqrt(dim) if self.alpha == "closed-form" else caps
 
     def flips_fn(self, head_params: Any) -> search.FlipsFn:
-        """flips_fn(block, anchor, eps, cap, key) -> (flipped [b], rho [b]) for the alpha rule."""
+        """flips_fn(block, anchors, eps, cap, anchor_keys, may_flip) -> (flipped [K, b], rho [K, b])
+        for the alpha rule: the linear paths take every anchor at once and skip the pairs that
+        cannot flip; the others handle one anchor, vmapped."""
         head_apply = self.head_apply or linear_head_apply
         alpha = self.alpha
 
-        def flips(block: mixing.Block, anchor: jax.Array, eps: jax.Array, cap: jax.Array,
-                  key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def one_anchor(block: mixing.Block, anchor: jax.Array, eps: jax.Array, cap: jax.Array,
+                       key: jax.Array) -> tuple[jax.Array, jax.Array]:
             if alpha == "closed-form":
                 return mixing.closed_form_flips(head_apply, head_params, block, anchor, eps, literal=self.reference)
-            if self.linear_alpha and alpha == "learned":
-                return mixing.learned_linear_flips(head_params, block, anchor, cap, key, self.learned,
-                                                   reset_state=self.reference)
-            if self.linear_alpha and alpha == "random":
-                return mixing.random_linear_flips(head_params, block, anchor, cap, key)
             if alpha == "learned":
                 return mixing.learned_flips(head_apply, head_params, block, anchor, cap, key, self.learned,
                                             reset_state=self.reference)
@@ -119,7 +117,22 @@ class Plan:
             rule = mixing.random_alpha if alpha == "random" else cast(mixing.AlphaRule, alpha)
             return mixing.rule_flips(rule, head_apply, head_params, block, anchor, cap, key)
 
+        def flips(block: mixing.Block, anchors: jax.Array, eps: jax.Array, cap: jax.Array, keys: jax.Array,
+                  may_flip: jax.Array) -> tuple[jax.Array, jax.Array]:
+            if self.linear_alpha and alpha == "learned":
+                return mixing.learned_linear_flips(head_params, block, anchors, cap, keys, self.learned,
+                                                   reset_state=self.reference, may_flip=may_flip)
+            if self.linear_alpha:
+                return mixing.random_linear_flips(head_params, block, anchors, cap, keys, may_flip=may_flip)
+            return jax.vmap(one_anchor, in_axes=(None, 0, None, None, 0))(block, anchors, eps, cap, keys)
+
         return flips
+
+    def least_caps_fn(self, head_params: Any) -> search.LeastCapsFn | None:
+        """The linear paths' bound on where a pair can flip (`flip_bound`); None for the others."""
+        if not self.linear_alpha:
+            return None
+        return functools.partial(flip_bound.least_flip_caps, head_params)
 
 
 def make_plan(settings: SelectorSettings, *, budget: int, num_classes: int, head_apply: HeadApply | None) -> Plan:
@@ -182,6 +195,7 @@ def search_rows(rows: Rows, plan: Plan, key: jax.Array, embeddings: jax.Array, l
         # literal reference form gives it no step anyway.
         require_direction=not plan.reference,
         emulate_torch_nan=plan.reference and plan.alpha == "closed-form",
+        least_caps_fn=plan.least_caps_fn(head_params),
     )
     return found, first_bad
 
