@@ -24,12 +24,32 @@ import jax
 import jax.numpy as jnp
 
 from alfamix_jax.selection.heads import LinearHead, linear_head_apply
+from alfamix_jax.selection.reductions import first_index_of
 
 
 def _own(values: jax.Array, pseudo: jax.Array) -> jax.Array:
-    """The pseudo-label's column. values [..., b, C], pseudo [b] -> [..., b, 1]."""
-    index = jnp.broadcast_to(pseudo[:, None], values.shape[:-1] + (1,))
+    """The pseudo-label's column. values [b, C], pseudo [b] -> [b, 1]."""
+    return jnp.take_along_axis(values, pseudo[:, None], axis=-1)
+
+
+def _own_rows(values: jax.Array, pseudo: jax.Array) -> jax.Array:
+    """The pseudo-label's column per anchor. values [b, K, C], pseudo [b] -> [b, K, 1]."""
+    index = jnp.broadcast_to(pseudo[:, None, None], values.shape[:-1] + (1,))
     return jnp.take_along_axis(values, index, axis=-1)
+
+
+def _runners_up(logits: jax.Array, is_own: jax.Array, count: int) -> jax.Array:
+    """The `count` classes with the highest logits after the pseudo-label's (ties: the lower
+    class first), by masked max and first index: `lax.top_k` sorts on XLA:CPU, 20% of the
+    bound's time. logits, is_own [b, C] -> [b, count] int32 (count >= 1: the selector takes
+    C >= 2)."""
+    taken, runners = is_own, []
+    for _ in range(count):
+        rest = jnp.where(taken, -jnp.inf, logits)
+        runner = first_index_of(rest, jnp.max(rest, axis=-1), axis=-1)  # [b]
+        runners.append(runner)
+        taken = taken | (jnp.arange(logits.shape[-1]) == runner[:, None])
+    return jnp.stack(runners, axis=-1)
 
 
 # Runner-up classes (by the row's logits) whose gain is taken exactly, |z| . |W_c - W_p|; on the
@@ -51,18 +71,20 @@ def least_flip_caps(head: LinearHead, u: jax.Array, pseudo: jax.Array, anchors: 
     anchor_size = jnp.dot(jnp.abs(anchors), abs_weight, precision="highest")  # [K, C]
     size = row_size + jnp.abs(head.bias)
     margin = _own(logits, pseudo) - logits - slack * (size + _own(size, pseudo))  # [b, C]
-    abs_z = jnp.abs(anchors[:, None, :] - u[None])  # [K, b, D]
-    abs_spread = jnp.dot(abs_z, abs_weight, precision="highest")  # [K, b, C] |z| . |W_c|
-    spread = abs_spread + _own(abs_spread, pseudo)  # |z| . (|W_c| + |W_p|)
+    # Rows lead ([b, K, ...]): the runner-up products below are then batched over rows with no
+    # transpose of |z| (with anchors leading, XLA copied it, a third of the bound's time).
+    abs_z = jnp.abs(anchors[None, :, :] - u[:, None, :])  # [b, K, D]
+    abs_spread = jnp.dot(abs_z, abs_weight, precision="highest")  # [b, K, C] |z| . |W_c|
+    spread = abs_spread + _own_rows(abs_spread, pseudo)  # |z| . (|W_c| + |W_p|)
     is_own = jnp.arange(num_classes) == pseudo[:, None]  # [b, C]
-    _, runners = jax.lax.top_k(jnp.where(is_own, -jnp.inf, logits), min(EXACT_RUNNERS, num_classes - 1))  # [b, E]
-    for c in runners.T:  # [b] each
-        gap = jnp.abs(head.weight[c] - head.weight[pseudo])  # [b, D] |W_c - W_p|
-        # A batched matrix-vector product: a sum over D of abs_z * gap took 6x as long on CPU.
-        exact = jnp.einsum("kbd,bd->kb", abs_z, gap, precision="highest")  # [K, b] <= the spread above
-        spread = jnp.where(jnp.arange(num_classes) == c[:, None], exact[..., None], spread)
-    along = anchor_logits[:, None, :] - (logits - head.bias)[None]  # [K, b, C] z . W_c
-    scale = abs_spread + anchor_size[:, None, :] + size[None]  # bounds the rounding of along and of spread
-    gain = 0.5 * (along - _own(along, pseudo) + spread) + slack * (scale + _own(scale, pseudo))
-    caps = jnp.where(margin > 0, margin / gain, -jnp.inf)  # margin / 0 = inf: no class gains
-    return jnp.min(jnp.where(is_own, jnp.inf, caps), axis=-1)
+    runners = _runners_up(logits, is_own, min(EXACT_RUNNERS, num_classes - 1))  # [b, E]
+    gaps = jnp.abs(head.weight[runners] - head.weight[pseudo][:, None, :])  # [b, E, D] |W_c - W_p|
+    exact = jnp.einsum("bkd,bed->bke", abs_z, gaps, precision="highest")  # [b, K, E] <= the spread above
+    for e in range(runners.shape[1]):
+        is_runner = (jnp.arange(num_classes) == runners[:, e:e + 1])[:, None, :]  # [b, 1, C]
+        spread = jnp.where(is_runner, exact[..., e:e + 1], spread)
+    along = anchor_logits[None, :, :] - (logits - head.bias)[:, None, :]  # [b, K, C] z . W_c
+    scale = abs_spread + anchor_size[None, :, :] + size[:, None, :]  # bounds the rounding of along and of spread
+    gain = 0.5 * (along - _own_rows(along, pseudo) + spread) + slack * (scale + _own_rows(scale, pseudo))
+    caps = jnp.where(margin[:, None, :] > 0, margin[:, None, :] / gain, -jnp.inf)  # margin / 0 = inf: none gains
+    return jnp.min(jnp.where(is_own[:, None, :], jnp.inf, caps), axis=-1).T
