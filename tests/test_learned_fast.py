@@ -136,7 +136,7 @@ def test_skipped_pairs_and_the_chunk_size_change_no_bit(alpha):
     skipped = [float(np.mean(cap < least)) for cap in np.asarray(caps)]
     assert skipped[0] > 0.5 and skipped[-1] < 0.5, skipped
     (f0, r0), *others = _fast_runs(jnp.asarray(x), head, anchors, caps, alpha,
-                                   ((256, False), (256, True), (512, True), (1024, True), (97, True)))
+                                   ((256, False), (256, True), (1024, True), (97, True)))
     assert 0 < int(np.sum(f0)) < f0.size
     for flips, rho in others:
         np.testing.assert_array_equal(np.asarray(flips), np.asarray(f0))
@@ -161,17 +161,17 @@ def test_reference_selections_equal_with_and_without_the_fast_path():
     np.testing.assert_array_equal(fast.diagnostics.flips_per_anchor, general.diagnostics.flips_per_anchor)
 
 
-@pytest.mark.parametrize("alpha", ["learned", "random"])
-def test_the_search_selects_the_same_bits_with_and_without_skipping(alpha, monkeypatch):
-    """Through the selector: blocks of 128 rows (the last shifted back), several caps; the
-    search with `flip_bound`'s skipping against the search told that every pair may flip."""
+def test_the_search_selects_the_same_bits_with_and_without_skipping(monkeypatch):
+    """Through the selector, learned alpha (random alpha packs its pairs with the same code,
+    tested above): blocks of 128 rows (the last shifted back), several caps; the search with
+    `flip_bound`'s skipping against the search told that every pair may flip."""
     x, labels, _, head = make_pool(5, n=1000, dim=32, num_classes=NUM_CLASSES, sep=0.6)
     anchors = compute_anchors(jnp.asarray(x), jnp.asarray(labels), NUM_CLASSES)
     least = flip_bound.least_flip_caps(head, jnp.asarray(x), pseudo_labels(linear_head_apply, head, x), anchors)
     assert 0.3 < float(np.mean(np.asarray(least) > 0.05)) < 1  # pairs skipped at the first cap, not all
 
     def select():
-        selector = make_alfamix_selector(budget=150, num_classes=NUM_CLASSES, alpha=alpha, alpha_cap_step=0.05,
+        selector = make_alfamix_selector(budget=150, num_classes=NUM_CLASSES, alpha="learned", alpha_cap_step=0.05,
                                          diversity="random", block_size=128)
         return jax.device_get(selector(jax.random.key(2), x, labels, head))
 
