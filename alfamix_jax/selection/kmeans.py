@@ -492,6 +492,23 @@ def _moved(centres: jax.Array, out: _PassStats, i: jax.Array, threshold: jax.Arr
 _BoundedState = tuple[jax.Array, jax.Array, jax.Array, jax.Array, lloyd_bounds.Bounds, jax.Array]
 
 
+def _materialised(x: Points, size: int, num_blocks: jax.Array | int) -> Points:
+    """A view's rows in one [M, D] array, written once (the occupied blocks; zero past them),
+    for the bounded passes' cluster sums: each pass read every row through the view's gather
+    and division, 2.8 of 7.8 ms a pass on 27k x 256 candidates. Rows are divided alike either
+    way, and the sums involve no reduction over a row (whose rounding XLA may fuse with the
+    read, see `points`), so the sums are the same bits."""
+    if x.rows is None and x.scale is None:
+        return x
+    m, dim = x.shape
+
+    def body(j: jax.Array, out: jax.Array) -> jax.Array:
+        start = block_start(m, size, j)
+        return jax.lax.dynamic_update_slice_in_dim(out, x.block(start, size), start, axis=0)
+
+    return Points(jax.lax.fori_loop(0, num_blocks, body, jnp.zeros((m, dim), x.dtype)))
+
+
 def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int, num_blocks: jax.Array | int,
                    threshold: jax.Array, max_iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Lloyd's iterations with distance bounds (`lloyd_bounds`): each pass recomputes only
@@ -501,13 +518,14 @@ def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size
     m, dim = x.shape
     k = centres.shape[0]
     sub = _pass_sub_rows(size, k, dim)  # a full pass's sub-block: the same product per row
+    dense = _materialised(x, size, num_blocks)  # for the sums alone: the same values, no reductions
 
     def body(state: _BoundedState) -> _BoundedState:
         _, i, centres, moved, bounds, computed = state
         bounds, packed, count = lloyd_bounds.stale(bounds, moved, centres, n_valid, size, num_blocks,
                                                    _round_up(m, sub))
         bounds = lloyd_bounds.refresh(x, bounds, packed, count, centres, sub, _sq_dists)
-        out = _assign_pass(x, n_valid, centres, size, num_blocks, bounds.assignment)
+        out = _assign_pass(dense, n_valid, centres, size, num_blocks, bounds.assignment)
         done, kept, new = _moved(centres, out, i, threshold, max_iters)
         return done, i + 1, kept, lloyd_bounds.shifts(centres, new), bounds, computed + count
 
