@@ -7,8 +7,9 @@ the search stops right after the first cap at which the union holds more than
 Two implementations with the same result:
 - `search_general`: any row-wise head and any alpha path. Row blocks of a
   fixed size in a `fori_loop` (the last block is shifted back to end at N,
-  so nothing is padded or copied); anchors are vmapped inside a block, so the
-  peak is O(N*D + block*K*D), never O(N*K*D). The loss gradient is taken
+  so nothing is padded or copied); every anchor is handled inside a block (vmapped, or
+  as (anchor, row) pairs on the linear paths, which skip the pairs `flip_bound` rules
+  out), so the peak is O(N*D + N*K + block*K*D), never O(N*K*D). The loss gradient is taken
   per block with `jax.grad`, so no [N, D] gradient is ever held.
 - `linear_search` + `resolve_first_caps`: the exact shortcut for a linear head with the
   closed-form alpha. Along the step `u + t * g` (g the unit gradient) the
