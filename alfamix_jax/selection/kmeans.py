@@ -30,7 +30,8 @@ With many rows per centre it also asks for Lloyd passes that skip the rows whose
 cluster cannot change (`lloyd_bounds`; `sizing` decides both), with the same result.
 """
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -314,19 +315,12 @@ class _PassStats(NamedTuple):
     assignment: jax.Array  # [M] int32 (a pass) or [size] (a block: its rows' clusters)
 
 
-def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array, size: int,
-               assignment: jax.Array | None = None) -> _PassStats:
-    """The share of rows x[start:start + size] where fresh [size] (zero elsewhere).
-    assignment: [M] the rows' clusters, already known (`lloyd_bounds`): only the sums and
-    counts are made, the same bits as with the distances (best_d, best_i and inertia unset)."""
+def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array, size: int) -> _PassStats:
+    """The share of rows x[start:start + size] where fresh [size] (zero elsewhere)."""
     m = x.shape[0]
     k = centres.shape[0]
     xb = x.block(start, size)  # [size, D]
     w = fresh.astype(x.dtype)
-    if assignment is not None:
-        a = jax.lax.dynamic_slice_in_dim(assignment, start, size)
-        sums, counts = _cluster_sums(xb * w[:, None], w, a, k)
-        return _empty_pass(size, x.shape[1], k, x.dtype)._replace(sums=sums, counts=counts, assignment=a)
     rows = start + jnp.arange(size)
     d = _sq_dists(xb, jnp.sum(xb * xb, axis=-1), centres)  # [size, k]
     nearest = jnp.min(d, axis=-1)
@@ -345,24 +339,33 @@ def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array
     )
 
 
-def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
-                 j: jax.Array, assignment: jax.Array | None = None) -> _PassStats:
+def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int, j: jax.Array) -> _PassStats:
     """Block j's share of an assignment pass (zero where its rows are not new and valid),
     summed over its occupied sub-blocks of `_sub_rows(k, D)` rows, in order: the same sums
     whichever device computes the block."""
     m, dim = x.shape
-    start, _, _ = block_rows(m, size, n_valid, j)
     sub = _pass_sub_rows(size, *centres.shape)
+
+    def body(start: jax.Array, offset: jax.Array, fresh: jax.Array, total: _PassStats) -> _PassStats:
+        return _combine(total, _sub_stats(x, centres, start + offset, fresh, sub), offset, fresh)
+
+    return _each_sub_block(m, size, sub, n_valid, j, body, _empty_pass(size, dim, centres.shape[0], x.dtype))
+
+
+def _each_sub_block(m: int, size: int, sub: int, n_valid: jax.Array | int, j: jax.Array,
+                    body: Callable[[jax.Array, jax.Array, jax.Array, Any], Any], init: Any) -> Any:
+    """body(start, offset, fresh [sub], carry) -> carry over the occupied sub-blocks of `sub` rows
+    of block j of `size` rows, in order: start is the block's first row, offset the
+    sub-block's (block-relative), fresh its rows new to it and valid."""
+    start, _, _ = block_rows(m, size, n_valid, j)
     first, end = j * size - start, jnp.minimum(n_valid, start + size) - start  # its new rows, block-relative
 
-    def body(s: jax.Array, total: _PassStats) -> _PassStats:
+    def step(s: jax.Array, carry: Any) -> Any:
         offset = block_start(size, sub, s)
         rows = offset + jnp.arange(sub)
-        fresh = (rows >= s * sub) & (rows >= first) & (rows < end)
-        return _combine(total, _sub_stats(x, centres, start + offset, fresh, sub, assignment), offset, fresh)
+        return body(start, offset, (rows >= s * sub) & (rows >= first) & (rows < end), carry)
 
-    init = _empty_pass(size, dim, centres.shape[0], x.dtype)
-    return jax.lax.fori_loop(first // sub, (end + sub - 1) // sub, body, init)
+    return jax.lax.fori_loop(first // sub, (end + sub - 1) // sub, step, init)
 
 
 def _cluster_sums(xw: jax.Array, w: jax.Array, a: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -418,12 +421,12 @@ def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
 
 
 def _assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
-                 num_blocks: jax.Array | int, assignment: jax.Array | None = None) -> _PassStats:
-    """One pass over the occupied blocks, in order, on this device (assignment: see `_sub_stats`)."""
+                 num_blocks: jax.Array | int) -> _PassStats:
+    """One pass over the occupied blocks, in order, on this device."""
     m, dim = x.shape
 
     def body(j: jax.Array, total: _PassStats) -> _PassStats:
-        return _add_block(total, _block_stats(x, n_valid, centres, size, j, assignment), j, size, n_valid)
+        return _add_block(total, _block_stats(x, n_valid, centres, size, j), j, size, n_valid)
 
     return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, centres.shape[0], x.dtype))
 
@@ -479,14 +482,43 @@ def _mean_variance(x: Points, n_valid: jax.Array | int) -> jax.Array:
 _LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats]  # (done, iterations, centres [k, D], last pass)
 
 
-def _moved(centres: jax.Array, out: _PassStats, i: jax.Array, threshold: jax.Array,
+def _moved(centres: jax.Array, sums: jax.Array, counts: jax.Array, i: jax.Array, threshold: jax.Array,
            max_iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """After pass i with `centres`: (done, the centres to go on from, the updated centres). The
-    loop ends on the pass after which the centres would move by <= threshold, so the
-    assignment and picks it returns belong to the centres returned. An empty cluster keeps its centre."""
-    new = jnp.where(out.counts[:, None] > 0, out.sums / jnp.maximum(out.counts, 1.0)[:, None], centres)
+    """After pass i with `centres` [k, D], whose clusters sum to sums [k, D] over counts [k] rows:
+    (done, the centres to go on from, the updated centres). The loop ends on the pass after
+    which the centres would move by <= threshold, so the assignment and picks it returns
+    belong to the centres returned. An empty cluster keeps its centre."""
+    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
     done = (jnp.sum((new - centres) ** 2) <= threshold) | (i + 1 >= max_iters)
     return done, jnp.where(done, centres, new), new
+
+
+# Rows per block when the bounded passes widen the bounds and list the rows to recompute: the
+# work is elementwise and the list in row order, so any block size gives the same bits.
+_WIDE_BLOCK = 16384
+
+
+def _sums_by_assignment(dense: Points, assignment: jax.Array, n_valid: jax.Array | int, k: int, size: int,
+                        num_blocks: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+    """Per-cluster sums [k, D] and counts [k] of the first n_valid rows of dense [M, D], their
+    clusters known (assignment [M]), added up in the sub-blocks and order of a full pass
+    (`_assign_pass`), so the same bits: only the sums, not a pass's other totals."""
+    m, dim = dense.shape
+    sub = _pass_sub_rows(size, k, dim)
+    zeros = (jnp.zeros((k, dim), dense.dtype), jnp.zeros((k,), dense.dtype))
+
+    def part(start: jax.Array, offset: jax.Array, fresh: jax.Array,
+             total: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        w = fresh.astype(dense.dtype)
+        a = jax.lax.dynamic_slice_in_dim(assignment, start + offset, sub)
+        sums, counts = _cluster_sums(dense.block(start + offset, sub) * w[:, None], w, a, k)
+        return total[0] + sums, total[1] + counts
+
+    def body(j: jax.Array, total: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        block = _each_sub_block(m, size, sub, n_valid, j, part, zeros)
+        return total[0] + block[0], total[1] + block[1]
+
+    return jax.lax.fori_loop(0, num_blocks, body, zeros)
 
 
 _BoundedState = tuple[jax.Array, jax.Array, jax.Array, jax.Array, lloyd_bounds.Bounds, jax.Array]
@@ -519,14 +551,15 @@ def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size
     k = centres.shape[0]
     sub = _pass_sub_rows(size, k, dim)  # a full pass's sub-block: the same product per row
     dense = _materialised(x, size, num_blocks)  # for the sums alone: the same values, no reductions
+    wide, wide_blocks = occupied_blocks(m, _WIDE_BLOCK, n_valid)
 
     def body(state: _BoundedState) -> _BoundedState:
         _, i, centres, moved, bounds, computed = state
-        bounds, packed, count = lloyd_bounds.stale(bounds, moved, centres, n_valid, size, num_blocks,
+        bounds, packed, count = lloyd_bounds.stale(bounds, moved, centres, n_valid, wide, wide_blocks,
                                                    _round_up(m, sub))
         bounds = lloyd_bounds.refresh(x, bounds, packed, count, centres, sub, _sq_dists)
-        out = _assign_pass(dense, n_valid, centres, size, num_blocks, bounds.assignment)
-        done, kept, new = _moved(centres, out, i, threshold, max_iters)
+        sums, counts = _sums_by_assignment(dense, bounds.assignment, n_valid, k, size, num_blocks)
+        done, kept, new = _moved(centres, sums, counts, i, threshold, max_iters)
         return done, i + 1, kept, lloyd_bounds.shifts(centres, new), bounds, computed + count
 
     init = (jnp.array(False), jnp.int32(0), centres, jnp.zeros((k,), x.dtype), lloyd_bounds.initial(m, k, x.dtype),
@@ -595,7 +628,7 @@ def kmeans(
     def body(state: _LloydState) -> _LloydState:
         _, i, centres, _ = state
         out = run_pass(centres)
-        done, kept, _ = _moved(centres, out, i, threshold, max_iters)
+        done, kept, _ = _moved(centres, out.sums, out.counts, i, threshold, max_iters)
         return done, i + 1, kept, out
 
     init = (jnp.array(False), jnp.int32(0), centres, _empty_pass(m, x.shape[1], k, x.dtype))
