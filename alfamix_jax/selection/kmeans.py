@@ -201,9 +201,8 @@ def _greedy(u: jax.Array, xs: jax.Array, n_valid: jax.Array | int, k: int, gram:
         cdf = prefix_sums(mind)
         # D^2 draws by inverse CDF, searched as a count. All distances 0 (no more distinct
         # rows than centres): the last real row, a repeat, as good as any. Each of the k - 1
-        # steps is ~15 small kernels, so each one counts: the count is a float sum (one kernel
-        # where an integer sum took two; exact below 2^24 rows), and i (>= 1) indexes with
-        # dynamic_index_in_dim, which computes no negative-index wrap. 9-12% of the steps' time.
+        # steps is 16 small kernels, so each one counts: the count is a float sum, one kernel
+        # where an integer sum took two (exact below 2^24 rows): 9% of the steps' time.
         below = cdf[None, :] <= jax.lax.dynamic_index_in_dim(u, i, keepdims=False)[:, None] * cdf[-1]  # [T, P]
         count = jnp.sum(below.astype(mind.dtype), axis=1)
         cands = jnp.minimum(count.astype(jnp.int32), last)  # [T]
