@@ -54,10 +54,15 @@ def test_bounded_passes_equal_full_passes_bit_for_bit(n, m, dim, k, spread, view
             assert int(bounded.rows_computed) < 0.8 * (iterations + 1) * n
 
 
-@pytest.mark.parametrize("k,n_valid", [(1, 700), (3, 0), (50, 49)],
+# The buffer and k of the "one-per-centre" case above (k is static, the row count traced), so the
+# edges and the ties reuse its two compiled programs; k = 1 is a program of its own.
+EDGE_ROWS, EDGE_DIM, EDGE_K = 2500, 8, 20
+
+
+@pytest.mark.parametrize("k,n_valid", [(1, 700), (EDGE_K, 0), (EDGE_K, EDGE_K - 1)],
                          ids=["one-centre", "no-rows", "fewer-rows-than-centres"])
 def test_bounded_passes_equal_full_passes_at_the_edges(k, n_valid):
-    x = jnp.asarray(np.random.RandomState(0).randn(700, 5).astype(np.float32))
+    x = jnp.asarray(np.random.RandomState(0).randn(EDGE_ROWS, EDGE_DIM).astype(np.float32))
     full = run(jax.random.key(1), x, n_valid, k=k, bounded=False)
     bounded = run(jax.random.key(1), x, n_valid, k=k, bounded=True)
     for field in FIELDS:
@@ -68,11 +73,13 @@ def test_ties_are_recomputed_and_go_to_the_lower_centre():
     """Duplicated rows make exact ties between clusters' distances; a full pass sends a tie to the
     lower index, and so must a pass that may skip rows."""
     rng = np.random.RandomState(0)
-    base = rng.randn(40, 6).astype(np.float32)
-    x = np.concatenate([base[rng.randint(0, 40, 2000)], np.tile(base[:2].mean(0), (64, 1))]).astype(np.float32)
+    base = rng.randn(EDGE_K, EDGE_DIM).astype(np.float32)
+    rows = np.concatenate([base[rng.randint(0, EDGE_K, 2000)], np.tile(base[:2].mean(0), (64, 1))])
+    x = np.zeros((EDGE_ROWS, EDGE_DIM), np.float32)
+    x[:rows.shape[0]] = rows
     for seed in range(3):
-        full = run(jax.random.key(seed), jnp.asarray(x), x.shape[0], k=40, bounded=False)
-        bounded = run(jax.random.key(seed), jnp.asarray(x), x.shape[0], k=40, bounded=True)
+        full = run(jax.random.key(seed), jnp.asarray(x), rows.shape[0], k=EDGE_K, bounded=False)
+        bounded = run(jax.random.key(seed), jnp.asarray(x), rows.shape[0], k=EDGE_K, bounded=True)
         for field in FIELDS:
             np.testing.assert_array_equal(np.asarray(getattr(bounded, field)), np.asarray(getattr(full, field)))
 
@@ -123,7 +130,7 @@ def test_the_host_turns_bounds_on_for_many_rows_per_centre():
 def test_the_selector_gives_the_same_batch_with_bounds(monkeypatch):
     x, labels, _, head = make_pool(4, n=2500, dim=16, num_classes=5, labelled=50, sep=0.6)
     args = (jax.random.key(2), jnp.asarray(x), jnp.asarray(labels), head)
-    select = make_alfamix_selector(budget=40, num_classes=5, alpha="random", alpha_cap_step=0.5)
+    select = make_alfamix_selector(budget=40, num_classes=5, alpha_cap_step=0.5)  # closed form: the cheapest search
     plain = select(*args)
     count = int(plain.diagnostics.num_candidates)
     assert count > 4 * 40 and not stages.kmeans_sizing(select.plan, count, pool_size=2500).bounded
