@@ -70,8 +70,10 @@ def test_bounded_passes_equal_full_passes_at_the_edges(k, n_valid):
 
 
 def test_ties_are_recomputed_and_go_to_the_lower_centre():
-    """Duplicated rows make exact ties between clusters' distances; a full pass sends a tie to the
-    lower index, and so must a pass that may skip rows."""
+    """Duplicated base points and 64 midpoints of two of them put rows at equal distances, or
+    within rounding of equal, from two centres (with seeds 1 and 2 the seeded centres are one
+    ulp from equidistant); a full pass sends a tie to the lower index, and so must a pass that
+    may skip rows."""
     rng = np.random.RandomState(0)
     base = rng.randn(EDGE_K, EDGE_DIM).astype(np.float32)
     rows = np.concatenate([base[rng.randint(0, EDGE_K, 2000)], np.tile(base[:2].mean(0), (64, 1))])
