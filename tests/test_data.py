@@ -272,6 +272,32 @@ def test_fashion_mnist_recovers_from_a_killed_run(tmp_path):
     assert np.array_equal(d.y_train, written["train"][1])
 
 
+def test_fashion_mnist_finished_by_another_process_meanwhile(tmp_path, monkeypatch):
+    """The interleaving the two-process test below hits now and then, made certain: this
+    process makes its builder, then another process completes the cache before this one
+    asks whether it is prepared. TFDS reads the splits' info when a builder is made, so the
+    builder returned must be made after that (a stale one opened no split: KeyError 'train')."""
+    import tensorflow_datasets as tfds
+
+    from alfamix_jax.experiment.data.fashion_mnist_builder import FashionMnistIdx
+
+    written = write_fashion_idx(tmp_path / "idx")
+    is_prepared = FashionMnistIdx.is_prepared
+    finished = []
+
+    def other_process_finishes_first(self):
+        if not finished:
+            finished.append(True)
+            other = FashionMnistIdx(data_dir=self.data_dir_root, file_format="array_record")
+            other.download_and_prepare(download_dir=os.path.join(self.data_dir_root, "downloads"),
+                                       download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "idx")))
+        return is_prepared(self)
+
+    monkeypatch.setattr(FashionMnistIdx, "is_prepared", other_process_finishes_first)
+    d = load_dataset("fashion_mnist", data_dir=str(tmp_path / "idx"), cache_dir=str(tmp_path / "cache"))
+    assert finished and np.array_equal(d.y_train, written["train"][1])
+
+
 def test_fashion_mnist_two_processes_prepare_one_cache(tmp_path):
     write_fashion_idx(tmp_path / "idx")
     script = (

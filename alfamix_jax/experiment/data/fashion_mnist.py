@@ -73,19 +73,23 @@ def prepare_fashion_mnist(idx_dir: str = DEFAULT_IDX_DIR, cache_dir: str | None 
         raise ValueError(
             f"cache_dir {cache_dir!r} is not writable ({e}); pass another cache_dir or set ${CACHE_ENV}"
         ) from e
-    builder = FashionMnistIdx(data_dir=root, file_format="array_record")
-    if builder.is_prepared():
-        return builder
-    with _exclusive(os.path.join(root, ".prepare.lock")):
-        builder = FashionMnistIdx(data_dir=root, file_format="array_record")  # another process may have finished
-        if not builder.is_prepared():
-            for stale in glob.glob(os.path.join(root, builder.name, "incomplete.*")):
-                shutil.rmtree(stale, ignore_errors=True)
-            builder.download_and_prepare(
-                download_dir=os.path.join(root, "downloads"),
-                download_config=tfds.download.DownloadConfig(manual_dir=idx_dir),
-            )
-    return builder
+
+    def builder():
+        return FashionMnistIdx(data_dir=root, file_format="array_record")
+
+    if not builder().is_prepared():
+        with _exclusive(os.path.join(root, ".prepare.lock")):
+            preparing = builder()  # another process may have finished meanwhile
+            if not preparing.is_prepared():
+                for stale in glob.glob(os.path.join(root, preparing.name, "incomplete.*")):
+                    shutil.rmtree(stale, ignore_errors=True)
+                preparing.download_and_prepare(
+                    download_dir=os.path.join(root, "downloads"),
+                    download_config=tfds.download.DownloadConfig(manual_dir=idx_dir),
+                )
+    # Built once the data is complete: TFDS reads the splits' info when a builder is made, so one
+    # made while another process was still preparing would open no split (KeyError 'train').
+    return builder()
 
 
 def load_fashion_mnist_split(builder, split: str, select) -> tuple[np.ndarray, np.ndarray]:
