@@ -56,6 +56,21 @@ def test_same_rngs_same_weights_and_torch_init_bounds():
     assert not np.array_equal(a.fc.kernel[...], different.fc.kernel[...])
 
 
+def test_flat_draws_are_flax_and_jax_shaped_draws_bit_for_bit(monkeypatch):
+    """The init draws each parameter as one flat vector (it compiles faster); the weights are
+    those of Flax's variance_scaling(1/3, fan_in, uniform) and of shaped jax.random.uniform draws."""
+    import alfamix_jax.experiment.models as models
+
+    ours = make_model("cnn", input_shape=(8, 8, 2), num_classes=4, rngs=nnx.Rngs(3))
+    monkeypatch.setattr(models, "_torch_kernel_init", nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"))
+    monkeypatch.setattr(models, "_flat_uniform", jax.random.uniform)
+    shaped = make_model("cnn", input_shape=(8, 8, 2), num_classes=4, rngs=nnx.Rngs(3))
+    leaves = jax.tree.leaves(nnx.state(ours, nnx.Param))
+    assert {u.ndim for u in leaves} == {1, 2, 4}  # biases, dense and conv kernels
+    for u, v in zip(leaves, jax.tree.leaves(nnx.state(shaped, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(np.asarray(u).view(np.uint32), np.asarray(v).view(np.uint32))
+
+
 def test_dropout_only_in_train_mode_and_from_the_key():
     model = make_model("mlp", input_shape=(10,), num_classes=3, rngs=nnx.Rngs(0), dropout=0.5)
     x = jax.random.normal(jax.random.key(5), (64, 10))

@@ -21,15 +21,27 @@ from alfamix_jax.selection.heads import LinearHead
 
 MODEL_NAMES = ("mlp", "cnn", "resnet18")
 
-# kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)) == variance scaling 1/3, uniform.
-_torch_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+def _flat_uniform(key: jax.Array, shape: tuple[int, ...], dtype, minval: float, maxval: float) -> jax.Array:
+    """`jax.random.uniform(key, shape, dtype, minval, maxval)`, drawn as one vector and reshaped.
+    The same bits under JAX's default partitionable threefry (an element's bits depend on its
+    flat index alone); XLA on CPU compiles a 1-D draw in about 0.2 s, a 2-D or 4-D one in
+    0.5-0.8 s, and an eager init compiles one draw per parameter shape (ResNet-18: 20)."""
+    return jax.random.uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
+
+
+def _torch_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = prod(shape[:-1])
+    for a kernel [..., in, out]: bit for bit Flax's `variance_scaling(1/3, "fan_in", "uniform")`
+    (the same operations), drawn flat (`_flat_uniform`)."""
+    variance = jnp.array((1.0 / 3.0) / math.prod(shape[:-1]), dtype=dtype)
+    return _flat_uniform(key, shape, dtype, -1, 1.0) * jnp.sqrt(3 * variance)
 
 
 def _torch_bias_init(fan_in: int):
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return _flat_uniform(key, shape, dtype, -bound, bound)
 
     return init
 
