@@ -2,7 +2,7 @@
 random_linear_flips: chunks of (anchor, row) pairs, the gradient in closed form, the pairs
 that cannot flip skipped) against the general path (mixing.learned_flips, rule_flips:
 jax.grad through the head), flip for flip and selection for selection; skipping and the
-chunk size against the bits; and the unrolled threefry against jax.random.normal.
+chunk size against the bits.
 
 Kept cheap: each comparison is one jitted program holding both paths (compiles dominate),
 the random pools of one case are vmapped into one call, and the selection check uses the
@@ -20,22 +20,6 @@ from alfamix_jax.selection import flip_bound, mixing, stages
 from alfamix_jax.selection.settings import LearnedAlphaSettings
 
 NUM_CLASSES = 5
-DIMS = (1, 7, 64)
-
-
-@jax.jit
-def _normals(keys, raw):
-    """normal_rows and jax.random.normal on the same keys (typed [65], legacy raw [9, 2])."""
-    ours = [mixing.normal_rows(keys, d) for d in DIMS] + [mixing.normal_rows(raw, 5)]
-    theirs = [jax.vmap(lambda k, d=d: jax.random.normal(k, (d,)))(keys) for d in DIMS]
-    return ours, theirs + [jax.vmap(lambda k: jax.random.normal(k, (5,)))(raw)]
-
-
-def test_normal_rows_is_jax_random_normal_bit_for_bit():
-    keys = mixing.row_keys(jax.random.key(3), jnp.arange(65))
-    raw = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.PRNGKey(1), jnp.arange(9))  # legacy keys
-    for ours, theirs in zip(*_normals(keys, raw), strict=True):
-        np.testing.assert_array_equal(np.asarray(ours).view(np.uint32), np.asarray(theirs).view(np.uint32))
 
 
 def _flips(x, head, anchors, caps, key, *, alpha, fast, reset, chunk, skip=True):

@@ -2,6 +2,8 @@
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection.threefry import uniform_draws
+
 # Labelled rows per partial sum of the class sums (`_class_sums`).
 ANCHOR_TILE = 64
 
@@ -63,7 +65,7 @@ def labelled_anchors(key: jax.Array, embeddings: jax.Array, labels: jax.Array,
     max_anchors = min(max_anchors, labels.shape[0])
     labelled = labels >= 0
     count = jnp.sum(labelled, dtype=jnp.int32)
-    priority = jnp.where(labelled, jax.random.uniform(key, labels.shape), -1.0)
+    priority = jnp.where(labelled, uniform_draws(key, labels.shape[0]), -1.0)
     idx = jax.lax.top_k(priority, max_anchors)[1]  # [max_anchors]; labelled rows first
     idx = jnp.where(jnp.arange(max_anchors) < count, idx, idx[0])  # pad with a labelled row
     return embeddings[idx], jnp.minimum(count, max_anchors)

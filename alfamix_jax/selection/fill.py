@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 
 from alfamix_jax.selection.layout import Rows
+from alfamix_jax.selection.threefry import uniform_draws
 
 
 def _append(picks: jax.Array, extra: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -39,7 +40,7 @@ def fill_default(key: jax.Array, picks: jax.Array, candidates: jax.Array,
     """`fill_rows` over a whole pool on one device, the random order drawn from `key`.
     picks: [B]; candidates, eligible: [N] bool."""
     (budget,) = picks.shape
-    u = jax.random.uniform(key, candidates.shape)
+    u = uniform_draws(key, candidates.shape[0])
     return fill_rows(Rows(), picks, candidates, eligible, u, budget=budget)
 
 

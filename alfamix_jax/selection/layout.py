@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alfamix_jax.selection.mesh import mesh_size, padded_rows, put_rows, row_sharding
+from alfamix_jax.selection.threefry import uniform_draws
 
 PAD_LABEL = -2  # label of padding rows past N on a mesh: neither labelled nor eligible
 NO_ROW = int(np.iinfo(np.int32).max)  # "no row" in a minimum over row indices
@@ -123,7 +124,7 @@ class Layout:
     def uniform(self, key: jax.Array, n: int) -> jax.Array:
         """[n] uniform draws, split by rows on a mesh. A row's draw does not depend on n or the mesh
         (partitionable threefry), so one device and any mesh draw the same value for a row."""
-        draws = jax.random.uniform(key, (n,))
+        draws = uniform_draws(key, n)
         return draws if self.mesh is None else jax.lax.with_sharding_constraint(draws, row_sharding(self.mesh))
 
     def padded(self, n: int) -> int:

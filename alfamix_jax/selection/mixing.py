@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from alfamix_jax.selection.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.selection.settings import LearnedAlphaSettings
+from alfamix_jax.selection.threefry import normal_rows
 
 
 class Block(NamedTuple):
@@ -84,50 +84,6 @@ AlphaRule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], ja
 def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
     """One key per row: `key` folded with the row's global index. rows: [b] -> [b] keys."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
-
-
-def _threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array,
-                  x2: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Threefry-2x32 with its 20 rounds unrolled, as JAX lowers it off the CPU. JAX's CPU
-    lowering rolls the rounds into a loop over whole arrays, about 4x slower here; the
-    bits are the same (uint32 arithmetic is exact), so the draws do not change."""
-    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
-    x1, x2 = x1 + ks[0], x2 + ks[1]
-    for r in range(5):
-        for d in ((13, 15, 26, 6), (17, 29, 16, 24))[r % 2]:
-            x1 = x1 + x2
-            x2 = x1 ^ (jax.lax.shift_left(x2, np.uint32(d)) | jax.lax.shift_right_logical(x2, np.uint32(32 - d)))
-        x1, x2 = x1 + ks[(r + 1) % 3], x2 + ks[(r + 2) % 3] + np.uint32(r + 1)
-    return x1, x2
-
-
-def _threefry_data(keys: jax.Array) -> jax.Array | None:
-    """[b] keys -> their [b, 2] uint32 threefry data, or None when the keys are another
-    PRNG, or JAX draws bits another way or float64 normals, so the caller falls back to jax.random."""
-    flags: Any = jax.config  # Any: the stubs do not list the flags
-    if not flags.jax_threefry_partitionable or flags.jax_enable_x64:
-        return None
-    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(keys) if str(jax.random.key_impl(keys)) == "threefry2x32" else None
-    ok = flags.jax_default_prng_impl == "threefry2x32" and keys.dtype == jnp.uint32 and keys.shape[-1:] == (2,)
-    return keys if ok else None
-
-
-def normal_rows(keys: jax.Array, dim: int) -> jax.Array:
-    """[b] keys -> [b, dim] float32, bit for bit `vmap(lambda k: jax.random.normal(k, (dim,)))`
-    (threefry, partitionable bits: one hash of the counter (0, i) per element, uniform on
-    [nextafter(-1, 0), 1), then sqrt(2) erfinv), with the rounds unrolled."""
-    data = _threefry_data(keys)
-    if data is None:
-        return jax.vmap(lambda k: jax.random.normal(k, (dim,)))(keys)
-    counts = jnp.arange(dim, dtype=jnp.uint32)[None, :]  # [1, dim]
-    b1, b2 = _threefry2x32(data[:, :1], data[:, 1:], jnp.zeros_like(counts), counts)
-    float_bits = jax.lax.shift_right_logical(b1 ^ b2, np.uint32(32 - 23)) | np.array(1.0, np.float32).view(np.uint32)
-    floats = jax.lax.bitcast_convert_type(float_bits, jnp.float32) - np.float32(1.0)
-    lo = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
-    width = jnp.asarray(1.0, jnp.float32) - jnp.asarray(lo, jnp.float32)
-    u = jnp.maximum(lo, floats * width + lo)
-    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
 
 
 def random_alpha(keys: jax.Array, u: jax.Array, direction: jax.Array, anchor: jax.Array, cap: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection.threefry import uniform_draws
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 
@@ -21,7 +22,7 @@ def make_random(*, budget: int, **_) -> Strategy:
 
     @jax.jit
     def query(key, view: PoolView) -> Query:
-        score = jax.random.uniform(key, view.labels.shape)
+        score = uniform_draws(key, view.labels.shape[0])
         return Query(top_unlabelled(score, view.labels, budget), {})
 
     return Strategy("random", query)

@@ -109,6 +109,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alfamix_jax.selection.threefry import uniform_draws
 from alfamix_jax.strategies.baselines.coreset import furthest_first  # the shared greedy k-center
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
@@ -213,7 +214,7 @@ def sample_subset(key, labels, size: int):
     which are real (False where fewer than `size` rows are unlabelled; those
     slots come last). labels: [N] -> (idx [S] int32, valid [S] bool), S = min(size, N)."""
     size = min(size, labels.shape[0])
-    score = jnp.where(labels < 0, jax.random.uniform(key, labels.shape), -jnp.inf)
+    score = jnp.where(labels < 0, uniform_draws(key, labels.shape[0]), -jnp.inf)
     idx = jax.lax.top_k(score, size)[1].astype(jnp.int32)
     return idx, labels[idx] < 0
 
