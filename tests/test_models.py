@@ -57,18 +57,24 @@ def test_same_rngs_same_weights_and_torch_init_bounds():
 
 
 def test_flat_draws_are_flax_and_jax_shaped_draws_bit_for_bit(monkeypatch):
-    """The init draws each parameter as one flat vector (it compiles faster); the weights are
-    those of Flax's variance_scaling(1/3, fan_in, uniform) and of shaped jax.random.uniform draws."""
+    """The init draws every parameter with one compiled program, in chunks of 65,536 elements;
+    the weights are those of Flax's variance_scaling(1/3, fan_in, uniform) and of shaped
+    jax.random.uniform draws, and so is a draw over two chunks and a part."""
     import alfamix_jax.experiment.models as models
 
     ours = make_model("cnn", input_shape=(8, 8, 2), num_classes=4, rngs=nnx.Rngs(3))
     monkeypatch.setattr(models, "_torch_kernel_init", nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"))
-    monkeypatch.setattr(models, "_flat_uniform", jax.random.uniform)
+    monkeypatch.setattr(models, "_host_uniform", lambda key, *args: np.asarray(jax.random.uniform(key, *args)))
     shaped = make_model("cnn", input_shape=(8, 8, 2), num_classes=4, rngs=nnx.Rngs(3))
     leaves = jax.tree.leaves(nnx.state(ours, nnx.Param))
     assert {u.ndim for u in leaves} == {1, 2, 4}  # biases, dense and conv kernels
     for u, v in zip(leaves, jax.tree.leaves(nnx.state(shaped, nnx.Param)), strict=True):
         np.testing.assert_array_equal(np.asarray(u).view(np.uint32), np.asarray(v).view(np.uint32))
+    monkeypatch.undo()
+    key, shape = jax.random.key(8), (3, 172, 257)  # 132,612 elements
+    ours = models._host_uniform(key, shape, jnp.float32, -0.3, 0.7)
+    theirs = jax.random.uniform(key, shape, jnp.float32, -0.3, 0.7)
+    np.testing.assert_array_equal(ours.view(np.uint32), np.asarray(theirs).view(np.uint32))
 
 
 def test_dropout_only_in_train_mode_and_from_the_key():

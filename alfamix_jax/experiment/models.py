@@ -15,33 +15,53 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from alfamix_jax.selection import threefry
 from alfamix_jax.selection.heads import LinearHead
 
 MODEL_NAMES = ("mlp", "cnn", "resnet18")
 
-def _flat_uniform(key: jax.Array, shape: tuple[int, ...], dtype, minval: float, maxval: float) -> jax.Array:
-    """`jax.random.uniform(key, shape, dtype, minval, maxval)`, drawn as one vector and reshaped.
-    The same bits under JAX's default partitionable threefry (an element's bits depend on its
-    flat index alone); XLA on CPU compiles a 1-D draw in about 0.2 s, a 2-D or 4-D one in
-    0.5-0.8 s, and an eager init compiles one draw per parameter shape (ResNet-18: 20)."""
-    return jax.random.uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
+_DRAW_CHUNK = 1 << 16  # elements per call of the one compiled draw
+
+
+@jax.jit
+def _uniform_chunk(key_data: jax.Array, offset: jax.Array, minval: jax.Array, maxval: jax.Array) -> jax.Array:
+    """[_DRAW_CHUNK] elements from `offset` on of `jax.random.uniform(key, (n,), minval=, maxval=)`,
+    any n: the same operations in one fusion, so XLA rounds the scaling as JAX's draw does
+    (NumPy's separate multiply and add differed from it in the last bit)."""
+    floats = threefry.unit_floats(key_data[0], key_data[1], jnp.arange(_DRAW_CHUNK, dtype=jnp.uint32) + offset)
+    return jnp.maximum(minval, floats * (maxval - minval) + minval)
+
+
+def _host_uniform(key: jax.Array, shape: tuple[int, ...], dtype, minval: float, maxval: float) -> np.ndarray:
+    """`jax.random.uniform(key, shape, dtype, minval, maxval)` bit for bit, as a NumPy array: the
+    draw is one program compiled once per process (`_uniform_chunk`, called per 65,536
+    elements). JAX would compile a draw per parameter shape, 0.2 s (1-D) to 0.5-0.8 s (2-D,
+    4-D) each on a 2-core CPU; ResNet-18 has 13."""
+    data = threefry.threefry_data(key[None])
+    n = math.prod(shape)
+    if data is None or jnp.dtype(dtype) != jnp.float32:
+        return np.asarray(jax.random.uniform(key, (n,), dtype, minval, maxval)).reshape(shape)
+    lo, hi = np.float32(minval), np.float32(maxval)
+    chunks = [np.asarray(_uniform_chunk(data[0], np.uint32(start), lo, hi)) for start in range(0, n, _DRAW_CHUNK)]
+    return (np.concatenate(chunks)[:n] if chunks else np.zeros((0,), np.float32)).reshape(shape)
 
 
 def _torch_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     """kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = prod(shape[:-1])
     for a kernel [..., in, out]: bit for bit Flax's `variance_scaling(1/3, "fan_in", "uniform")`
-    (the same operations), drawn flat (`_flat_uniform`)."""
-    variance = jnp.array((1.0 / 3.0) / math.prod(shape[:-1]), dtype=dtype)
-    return _flat_uniform(key, shape, dtype, -1, 1.0) * jnp.sqrt(3 * variance)
+    (the same float32 operations: a uniform on [-1, 1) times sqrt(3 * variance))."""
+    variance = np.asarray((1.0 / 3.0) / math.prod(shape[:-1]), dtype)
+    return jnp.asarray(_host_uniform(key, shape, dtype, -1, 1.0) * np.sqrt(3 * variance))
 
 
 def _torch_bias_init(fan_in: int):
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
-        return _flat_uniform(key, shape, dtype, -bound, bound)
+        return jnp.asarray(_host_uniform(key, shape, dtype, -bound, bound))
 
     return init
 

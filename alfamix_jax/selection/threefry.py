@@ -39,9 +39,10 @@ def threefry_data(keys: jax.Array) -> jax.Array | None:
     return keys if ok else None
 
 
-def _unit_floats(k1: jax.Array, k2: jax.Array, counts: jax.Array) -> jax.Array:
-    """Partitionable threefry bits of the counters (0, counts) -> float32 in [0, 1), as
-    `jax.random.uniform` makes them: 23 bits as the mantissa of a float in [1, 2), minus 1."""
+def unit_floats(k1: jax.Array, k2: jax.Array, counts: jax.Array) -> jax.Array:
+    """Partitionable threefry bits of the counters (0, counts) under the key (k1, k2) -> float32
+    in [0, 1), as `jax.random.uniform` makes them (23 bits as the mantissa of a float in [1, 2),
+    minus 1): element i of `jax.random.uniform(key, (n,))` for counts = i, whatever n."""
     b1, b2 = threefry2x32(k1, k2, jnp.zeros_like(counts), counts)
     float_bits = jax.lax.shift_right_logical(b1 ^ b2, np.uint32(32 - 23)) | np.array(1.0, np.float32).view(np.uint32)
     return jax.lax.bitcast_convert_type(float_bits, jnp.float32) - np.float32(1.0)
@@ -50,9 +51,9 @@ def _unit_floats(k1: jax.Array, k2: jax.Array, counts: jax.Array) -> jax.Array:
 def uniform_draws(key: jax.Array, n: int) -> jax.Array:
     """[n] float32 in [0, 1), bit for bit `jax.random.uniform(key, (n,))`."""
     data = threefry_data(key[None])
-    if data is None or n >= 2**32:
+    if data is None:
         return jax.random.uniform(key, (n,))
-    return _unit_floats(data[0, 0], data[0, 1], jnp.arange(n, dtype=jnp.uint32))
+    return unit_floats(data[0, 0], data[0, 1], jnp.arange(n, dtype=jnp.uint32))
 
 
 def normal_rows(keys: jax.Array, dim: int) -> jax.Array:
@@ -61,7 +62,7 @@ def normal_rows(keys: jax.Array, dim: int) -> jax.Array:
     data = threefry_data(keys)
     if data is None:
         return jax.vmap(lambda k: jax.random.normal(k, (dim,)))(keys)
-    floats = _unit_floats(data[:, :1], data[:, 1:], jnp.arange(dim, dtype=jnp.uint32)[None, :])  # [b, dim]
+    floats = unit_floats(data[:, :1], data[:, 1:], jnp.arange(dim, dtype=jnp.uint32)[None, :])  # [b, dim]
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
     width = jnp.asarray(1.0, jnp.float32) - jnp.asarray(lo, jnp.float32)
     u = jnp.maximum(lo, floats * width + lo)
