@@ -47,3 +47,21 @@ def test_other_prngs_fall_back_to_jax_random():
     key = jax.random.key(4, impl="rbg")
     assert threefry.threefry_data(key[None]) is None
     np.testing.assert_array_equal(_bits(threefry.uniform_draws(key, 9)), _bits(jax.random.uniform(key, (9,))))
+
+
+@jax.jit
+def _folds(keys, raw, data):
+    """(ours, jax.random's): typed keys [50], one typed key folded per row (`row_keys`), raw keys [50, 2]."""
+    one = jax.vmap(jax.random.fold_in, (None, 0))
+    ours = [threefry.fold_in(keys, data), mixing.row_keys(keys[0], data), threefry.fold_in(raw, data)]
+    theirs = [jax.vmap(jax.random.fold_in)(keys, data), one(keys[0], data), jax.vmap(jax.random.fold_in)(raw, data)]
+    as_data = lambda keys: [jax.random.key_data(k) for k in keys[:2]] + keys[2:]  # noqa: E731
+    return as_data(ours), as_data(theirs)
+
+
+def test_fold_in_is_jax_random_fold_in_bit_for_bit():
+    data = jnp.arange(50, dtype=jnp.int32) * 7919
+    ours, theirs = _folds(jax.random.split(jax.random.key(3), 50), jax.random.split(jax.random.PRNGKey(3), 50), data)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(np.unique(np.asarray(ours[1])[:, 1])) == 50

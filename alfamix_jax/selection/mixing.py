@@ -23,7 +23,7 @@ import optax
 
 from alfamix_jax.selection.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.selection.settings import LearnedAlphaSettings
-from alfamix_jax.selection.threefry import normal_rows
+from alfamix_jax.selection.threefry import fold_in, normal_rows
 
 
 class Block(NamedTuple):
@@ -83,7 +83,7 @@ AlphaRule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], ja
 
 def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
     """One key per row: `key` folded with the row's global index. rows: [b] -> [b] keys."""
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+    return fold_in(jnp.broadcast_to(key, rows.shape + key.shape), rows)
 
 
 def random_alpha(keys: jax.Array, u: jax.Array, direction: jax.Array, anchor: jax.Array, cap: jax.Array) -> jax.Array:
@@ -216,7 +216,7 @@ def _by_pairs(fn: PairFn, block: Block, anchors: jax.Array, keys: jax.Array, may
         start = jnp.maximum(jnp.minimum(j * size, count - size), 0)
         ids = jax.lax.dynamic_slice_in_dim(packed, start, size)  # [size]
         anchor_of, row_of = ids // b, ids % b
-        pair_keys = jax.vmap(jax.random.fold_in)(keys[anchor_of], block.rows[row_of])
+        pair_keys = fold_in(keys[anchor_of], block.rows[row_of])
         f, r = fn(block.u[row_of], anchors[anchor_of], block.pseudo[row_of], pair_keys)
         target = jnp.where(start + jnp.arange(size) < count, ids, total)  # past the pairs: dropped
         return carry[0].at[target].set(f, mode="drop"), carry[1].at[target].set(r, mode="drop")

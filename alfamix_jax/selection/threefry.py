@@ -39,6 +39,19 @@ def threefry_data(keys: jax.Array) -> jax.Array | None:
     return keys if ok else None
 
 
+def fold_in(keys: jax.Array, data: jax.Array) -> jax.Array:
+    """keys [b] (typed or raw [b, 2]), data [b] int -> [b] keys of the same kind, bit for bit
+    `jax.vmap(jax.random.fold_in)(keys, data)`: the hash of the counter (0, data)."""
+    key_data = threefry_data(keys)
+    if key_data is None:
+        return jax.vmap(jax.random.fold_in)(keys, data)
+    b1, b2 = threefry2x32(key_data[:, 0], key_data[:, 1], jnp.zeros(data.shape, jnp.uint32),
+                          jnp.asarray(data).astype(jnp.uint32))
+    folded = jnp.stack([b1, b2], axis=-1)  # [b, 2]
+    return jax.random.wrap_key_data(folded, impl=jax.random.key_impl(keys)) if jnp.issubdtype(
+        keys.dtype, jax.dtypes.prng_key) else folded
+
+
 def unit_floats(k1: jax.Array, k2: jax.Array, counts: jax.Array) -> jax.Array:
     """Partitionable threefry bits of the counters (0, counts) under the key (k1, k2) -> float32
     in [0, 1), as `jax.random.uniform` makes them (23 bits as the mantissa of a float in [1, 2),
