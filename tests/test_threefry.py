@@ -65,3 +65,12 @@ def test_fold_in_is_jax_random_fold_in_bit_for_bit():
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(np.unique(np.asarray(ours[1])[:, 1])) == 50
+
+
+def test_split_is_jax_random_split_bit_for_bit():
+    for key in (jax.random.key(21), jax.random.PRNGKey(21)):
+        for num in (2, 3):
+            ours, theirs = jax.jit(threefry.split, static_argnums=1)(key, num), jax.random.split(key, num)
+            if jnp.issubdtype(theirs.dtype, jax.dtypes.prng_key):
+                ours, theirs = jax.random.key_data(ours), jax.random.key_data(theirs)
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))

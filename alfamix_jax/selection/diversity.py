@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection import threefry
 from alfamix_jax.selection.kmeans import Sizing, kmeans
 from alfamix_jax.selection.layout import ROW, WHOLE, Layout, Rows
 from alfamix_jax.selection.points import Points, normalised
@@ -66,7 +67,7 @@ def _buffer_rows(rows: Rows, candidates: jax.Array, priority: jax.Array, *,
 
 def kmeans_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(subsample key, seeding key) of k-means' share of a selection key."""
-    return tuple(jax.random.split(key))
+    return tuple(threefry.split(key))
 
 
 def kmeans_buffer(layout: Layout, key: jax.Array, candidates: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:

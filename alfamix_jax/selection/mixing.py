@@ -23,7 +23,7 @@ import optax
 
 from alfamix_jax.selection.heads import HeadApply, LinearHead, linear_head_apply
 from alfamix_jax.selection.settings import LearnedAlphaSettings
-from alfamix_jax.selection.threefry import fold_in, normal_rows
+from alfamix_jax.selection.threefry import fold_in, fold_in_each, normal_rows
 
 
 class Block(NamedTuple):
@@ -83,7 +83,7 @@ AlphaRule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], ja
 
 def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
     """One key per row: `key` folded with the row's global index. rows: [b] -> [b] keys."""
-    return fold_in(jnp.broadcast_to(key, rows.shape + key.shape), rows)
+    return fold_in_each(key, rows)
 
 
 def random_alpha(keys: jax.Array, u: jax.Array, direction: jax.Array, anchor: jax.Array, cap: jax.Array) -> jax.Array:

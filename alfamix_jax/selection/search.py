@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection import threefry
 from alfamix_jax.selection.blocks import block_start, occupied_blocks
 from alfamix_jax.selection.gradients import loss_gradient, normalise_rows
 from alfamix_jax.selection.heads import HeadApply, LinearHead
@@ -97,8 +98,8 @@ def search_general(
     least_caps = None if least_caps_fn is None else _least_caps(least_caps_fn, embeddings, pseudo, anchors)
 
     def flips_at_cap(s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        cap_key = jax.random.fold_in(key, s)
-        anchor_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(cap_key, jnp.arange(num_anchors))
+        cap_key = threefry.fold_in_each(key, s[None])[0]
+        anchor_keys = threefry.fold_in_each(cap_key, jnp.arange(num_anchors))
 
         def body(j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
             flips, rho, has_direction = carry

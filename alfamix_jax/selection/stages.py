@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfamix_jax.selection import diversity as choose
-from alfamix_jax.selection import flip_bound, mixing, search
+from alfamix_jax.selection import flip_bound, mixing, search, threefry
 from alfamix_jax.selection.anchors import compute_anchors, labelled_anchors
 from alfamix_jax.selection.caps import make_caps
 from alfamix_jax.selection.fill import fill_reference, fill_rows
@@ -38,8 +38,8 @@ class Keys(NamedTuple):
 
 
 def split_keys(key: jax.Array) -> Keys:
-    search_key, diversity_key, fill_key = jax.random.split(key, 3)
-    return Keys(search_key, diversity_key, fill_key, jax.random.fold_in(key, 0xA7))
+    search_key, diversity_key, fill_key = threefry.split(key, 3)
+    return Keys(search_key, diversity_key, fill_key, threefry.fold_in_each(key, jnp.asarray([0xA7], jnp.uint32))[0])
 
 
 class Diagnostics(NamedTuple):

@@ -42,6 +42,7 @@ from alfamix_jax.selection import diversity
 from alfamix_jax.selection.blocks import block_start
 from alfamix_jax.selection.fill import fill_default
 from alfamix_jax.selection.layout import Layout
+from alfamix_jax.selection.threefry import fold_in_each
 from alfamix_jax.strategies.interface import PoolView, Query, Strategy
 
 HIGHEST = jax.lax.Precision.HIGHEST  # float32 products, not TF32 on a GPU
@@ -67,7 +68,7 @@ def dropout_masks(key, rows, dim: int, *, passes: int, rate: float):
     """Keep-masks of the dropout passes for the given pool rows: row r's
     masks are drawn from `fold_in(key, r)`, whatever block it is in.
     rows: [R] int pool indices -> [passes, R, dim] bool (True = kept)."""
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+    keys = fold_in_each(key, rows)
     keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, (passes, dim)))(keys)  # [R, passes, D]
     return jnp.swapaxes(keep, 0, 1)
 
