@@ -138,11 +138,15 @@ def main() -> None:
                 results[name].append(merged)
     lines = [f"Compile-bound figures, {args.baseline} against this tree ({args.rounds} rounds, fresh processes, "
              f"alternating; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); seconds unless a count.", "",
-             f"| figure | {args.baseline} | this tree | ratio |", "|---|---:|---:|---:|"]
+             f"| figure | {args.baseline}: median (range) | this tree: median (range) | ratio of medians |",
+             "|---|---:|---:|---:|"]
     for figure in FIGURES:
-        base = statistics.median(r[figure] for r in results["baseline"])
-        this = statistics.median(r[figure] for r in results["this"])
-        lines.append(f"| {figure} | {base:.3g} | {this:.3g} | {base / this:.2f}x |")
+        cells, medians = [], []
+        for name in ("baseline", "this"):
+            values = [r[figure] for r in results[name]]
+            medians.append(statistics.median(values))
+            cells.append(f"{medians[-1]:.3g} ({min(values):.3g}-{max(values):.3g})")
+        lines.append(f"| {figure} | {cells[0]} | {cells[1]} | {medians[0] / medians[1]:.2f}x |")
     same = {r["batch"] for r in results["baseline"] + results["this"]}
     verdict = "the same in every process" if len(same) == 1 else f"DIFFERS: {sorted(same)}"
     lines += ["", f"The 20k pool's batch: {verdict}."]

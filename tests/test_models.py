@@ -77,6 +77,15 @@ def test_flat_draws_are_flax_and_jax_shaped_draws_bit_for_bit(monkeypatch):
     np.testing.assert_array_equal(ours.view(np.uint32), np.asarray(theirs).view(np.uint32))
 
 
+def test_a_model_builds_under_eval_shape_and_jit():
+    """Flax's idioms for abstract and sharded init: the init's draws are traced there."""
+    abstract = nnx.eval_shape(lambda: make_model("mlp", input_shape=(6,), num_classes=3, rngs=nnx.Rngs(0)))
+    assert abstract.classifier.kernel.shape == (256, 3)
+    built = nnx.jit(lambda: make_model("mlp", input_shape=(6,), num_classes=3, rngs=nnx.Rngs(0)))()
+    eager = make_model("mlp", input_shape=(6,), num_classes=3, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(built.classifier.kernel[...], eager.classifier.kernel[...], rtol=1e-6)
+
+
 def test_dropout_only_in_train_mode_and_from_the_key():
     model = make_model("mlp", input_shape=(10,), num_classes=3, rngs=nnx.Rngs(0), dropout=0.5)
     x = jnp.asarray(np.random.default_rng(5).normal(size=(64, 10)), jnp.float32)

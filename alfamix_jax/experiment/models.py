@@ -36,12 +36,15 @@ def _uniform_chunk(key_data: jax.Array, offset: jax.Array, minval: jax.Array, ma
 
 
 def _host_uniform(key: jax.Array, shape: tuple[int, ...], dtype, minval: float, maxval: float) -> np.ndarray:
-    """`jax.random.uniform(key, shape, dtype, minval, maxval)` bit for bit, as a NumPy array: the
+    """`jax.random.uniform(key, shape, dtype, minval, maxval)` bit for bit, as a NumPy array
+    (traced under a transformation, where the model is built inside jit or eval_shape): the
     draw is one program compiled once per process (`_uniform_chunk`, called per 65,536
     elements). JAX would compile a draw per parameter shape, 0.2 s (1-D) to 0.5-0.8 s (2-D,
     4-D) each on a 2-core CPU; ResNet-18 has 13."""
     data = threefry.threefry_data(key[None])
     n = math.prod(shape)
+    if isinstance(key, jax.core.Tracer):  # built under jit or eval_shape: traced, so JAX's draw
+        return jax.random.uniform(key, (n,), dtype, minval, maxval).reshape(shape)
     if data is None or jnp.dtype(dtype) != jnp.float32:
         return np.asarray(jax.random.uniform(key, (n,), dtype, minval, maxval)).reshape(shape)
     lo, hi = np.float32(minval), np.float32(maxval)
