@@ -128,7 +128,8 @@ def main() -> None:
         ap.error("--baseline: give the git revision to compare with, e.g. --baseline HEAD~3")
     results: dict[str, list[dict]] = {"baseline": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="alfamix-compile-") as tmp:
-        subprocess.run(f"git archive {args.baseline} | tar -x -C {tmp}", shell=True, cwd=REPO, check=True)
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         trees = {"baseline": tmp, "this": str(REPO)}
         for _ in range(args.rounds):
             for name, tree in trees.items():
