@@ -128,8 +128,11 @@ def main() -> None:
         ap.error("--baseline: give the git revision to compare with, e.g. --baseline HEAD~3")
     results: dict[str, list[dict]] = {"baseline": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="alfamix-compile-") as tmp:
-        archive = subprocess.run(["git", "archive", args.baseline], cwd=REPO, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=REPO, capture_output=True)
+        if archive.returncode:
+            ap.error(f"--baseline: no revision {args.baseline!r} here ({archive.stderr.decode().strip()}); "
+                     "give a commit of this repository, e.g. HEAD~3")
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         trees = {"baseline": tmp, "this": str(REPO)}
         for _ in range(args.rounds):
             for name, tree in trees.items():
