@@ -41,10 +41,10 @@ def _host_uniform(key: jax.Array, shape: tuple[int, ...], dtype, minval: float, 
     draw is one program compiled once per process (`_uniform_chunk`, called per 65,536
     elements). JAX would compile a draw per parameter shape, 0.2 s (1-D) to 0.5-0.8 s (2-D,
     4-D) each on a 2-core CPU; ResNet-18 has 13."""
-    data = threefry.threefry_data(key[None])
     n = math.prod(shape)
     if isinstance(key, jax.core.Tracer):  # built under jit or eval_shape: traced, so JAX's draw
         return jax.random.uniform(key, (n,), dtype, minval, maxval).reshape(shape)
+    data = threefry.threefry_data(key[None])
     if data is None or jnp.dtype(dtype) != jnp.float32:
         return np.asarray(jax.random.uniform(key, (n,), dtype, minval, maxval)).reshape(shape)
     lo, hi = np.float32(minval), np.float32(maxval)

@@ -39,7 +39,7 @@ class Keys(NamedTuple):
 
 def split_keys(key: jax.Array) -> Keys:
     search_key, diversity_key, fill_key = threefry.split(key, 3)
-    return Keys(search_key, diversity_key, fill_key, threefry.fold_in_each(key, jnp.asarray([0xA7], jnp.uint32))[0])
+    return Keys(search_key, diversity_key, fill_key, jax.random.fold_in(key, 0xA7))
 
 
 class Diagnostics(NamedTuple):
