@@ -84,6 +84,7 @@ def test_pseudo_labels_equal_pred_1(name):
     np.testing.assert_array_equal(fx["ulb_embeddings"], fx["pool_embeddings"][fx["ulb_idxs"]])
 
 
+@pytest.mark.shipping_codegen
 @pytest.mark.parametrize("name", CLOSED_FORM)
 def test_flips_by_cap_and_anchor_equal_class_pc(name):
     fx = fixture(name)
@@ -110,6 +111,7 @@ def test_flips_by_cap_and_anchor_equal_class_pc(name):
         assert fx["class_pc"].sum() > 0  # flips happen: the comparison is not all-False
 
 
+@pytest.mark.shipping_codegen
 @pytest.mark.parametrize("name", CLOSED_FORM)
 def test_reference_mode_matches_the_original_run(name):
     fx = fixture(name)

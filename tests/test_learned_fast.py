@@ -73,6 +73,7 @@ def assert_same(x, head, anchors, caps, alpha, reset, chunk=None):
 CASES = [("learned", True), ("learned", False), ("random", False)]
 
 
+@pytest.mark.shipping_codegen
 @pytest.mark.parametrize("alpha,reset", CASES)
 def test_fast_flips_equal_the_general_ones_on_the_fixtures(alpha, reset):
     """The original's pools (2200 x 64, 10 classes; the learned fixture for learned alpha, the
@@ -127,6 +128,7 @@ def test_skipped_pairs_and_the_chunk_size_change_no_bit(alpha):
         np.testing.assert_array_equal(np.asarray(rho).view(np.uint32), np.asarray(r0).view(np.uint32))
 
 
+@pytest.mark.shipping_codegen
 def test_reference_selections_equal_with_and_without_the_fast_path():
     """Learned alpha, the original's Adam reset (Q5), over several caps; random alpha's flips
     are compared above (its fast path changes only the order in which rows are visited)."""

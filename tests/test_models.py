@@ -56,6 +56,7 @@ def test_same_rngs_same_weights_and_torch_init_bounds():
     assert not np.array_equal(a.fc.kernel[...], different.fc.kernel[...])
 
 
+@pytest.mark.shipping_codegen
 def test_flat_draws_are_flax_and_jax_shaped_draws_bit_for_bit(monkeypatch):
     """The init draws every parameter with one compiled program, in chunks of 65,536 elements;
     the weights are those of Flax's variance_scaling(1/3, fan_in, uniform) and of shaped

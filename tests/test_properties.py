@@ -265,6 +265,7 @@ def test_linear_head_params_are_any_pytree_leaves():
     np.testing.assert_array_equal(np.asarray(a.selected), np.asarray(b.selected))
 
 
+@pytest.mark.shipping_codegen
 def test_fused_program_equals_two_stages():
     # `fused=True` (one program, lax.cond between taking all candidates and
     # k-means) is documented to give the same result as the two jitted stages.

@@ -71,6 +71,7 @@ def by_devices():
     return {k: run_case(mesh_of(k)) for k in DEVICE_COUNTS}
 
 
+@pytest.mark.shipping_codegen
 def test_same_selection_on_1_2_4_8_devices(by_devices):
     first = by_devices[1]
     d = first.diagnostics
@@ -91,6 +92,7 @@ def on_one_device():
     return one_device()
 
 
+@pytest.mark.shipping_codegen
 def test_same_as_the_one_device_selector(by_devices, on_one_device):
     """The mesh changes where rows are computed, not what is selected."""
     assert_same(by_devices[4], on_one_device)

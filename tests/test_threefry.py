@@ -3,8 +3,11 @@ typed and legacy raw keys, in one jitted program each (compiles dominate)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from alfamix_jax.selection import mixing, threefry
+
+pytestmark = pytest.mark.shipping_codegen
 
 DIMS = (1, 7, 64)
 SIZES = (1, 5, 20200)

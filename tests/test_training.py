@@ -265,7 +265,8 @@ def test_bad_inputs_raise():
         trainer.train(state, x, y, _mask(5).astype(np.int32), jax.random.key(0))
 
 
-@pytest.mark.parametrize("model_name,shape", [("mlp", (DIM,)), ("cnn", (8, 8, 1))])
+@pytest.mark.parametrize("model_name,shape", [pytest.param("mlp", (DIM,), marks=pytest.mark.shipping_codegen),
+                                              ("cnn", (8, 8, 1))])
 def test_host_and_device_loops_fit_the_same_way(model_name, shape):
     """The two drivers of a fit (TrainConfig.loop) run the same epochs, batches and stop rule:
     equal epoch counts and train accuracy, parameters equal to float tolerance (XLA may fuse the
