@@ -26,10 +26,10 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=8".strip()
 
 # Cheaper code generation, since the suite is compile-bound: LLVM unoptimised, and XLA:CPU's
-# elemental emitters instead of its MLIR fusion emitters. Programs compile about 2x faster and run
-# slower. The last bits of a float result may change, so the tests of bit-for-bit properties across
-# two programs (mark shipping_codegen) run again with XLA's defaults (test_codegen.py). Flags the
-# caller put in XLA_FLAGS win.
+# elemental emitters instead of its MLIR fusion emitters. Programs compile 2-4x faster and run
+# slower (experiments/benchmark_codegen.py). The last bits of a float result may change, so the
+# tests of bit-for-bit properties across two programs (mark shipping_codegen) run again with
+# XLA's defaults (test_codegen.py). Flags the caller put in XLA_FLAGS win.
 _CODEGEN = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 if "ALFAMIX_JAX_TEST_CODEGEN_FLAGS" not in os.environ:
     _chosen = os.environ["XLA_FLAGS"].split()
