@@ -92,8 +92,8 @@ def selector_programs(name, selector, key, emb, labels, head, finish):
 
 
 def pool(n, labelled, dim):
+    """The benchmark pool generator's n x dim pool on the device: embeddings, labels, head."""
     import jax
-    import numpy as np
     from benchmark_selection import POOL_SEED, POOL_SEP, make_pool
 
     from alfamix_jax import LinearHead
