@@ -20,7 +20,6 @@ import argparse
 import functools
 import hashlib
 import os
-import platform
 import statistics
 import sys
 import time
@@ -161,9 +160,10 @@ def main():
     start, load = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]
     for name, jitted, call_args, static, kwargs in programs():
         lines.append("| " + " | ".join(measure(name, jitted, call_args, static, kwargs, args.repeats)) + " |")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    lines += ["", f"{start} to {time.strftime('%H:%M UTC', time.gmtime())}, {machine}, load average "
-              f"{load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; medians of {args.repeats} calls."]
+    from benchmark_kmeans import machine
+
+    lines += ["", f"{start} to {time.strftime('%H:%M UTC', time.gmtime())}, load average {load:.2f} at the "
+              f"start; {machine()}; medians of {args.repeats} calls."]
     if args.out:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
