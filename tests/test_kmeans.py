@@ -206,3 +206,22 @@ def test_first_index_of_is_argmin_and_argmax_with_ties_to_the_lowest_index(axis)
     np.testing.assert_array_equal(np.asarray(got_min), np.argmin(np.asarray(values), axis=axis))
     np.testing.assert_array_equal(np.asarray(got_max), np.argmax(np.asarray(values), axis=axis))
     assert got_min.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_cluster_sums_count_only_the_fresh_rows(backend, monkeypatch):
+    """A pass's block sums rows new to it and valid (`fresh`) and drops the others by an
+    out-of-range cluster index: on CPU by segment_sum, elsewhere by a one-hot product (run
+    here on the CPU by naming another backend)."""
+    from alfamix_jax.selection.kmeans import _cluster_sums
+
+    rng = np.random.RandomState(3)
+    x = rng.randn(96, 8).astype(np.float32)
+    clusters = rng.randint(0, 5, 96).astype(np.int32)
+    fresh = rng.rand(96) > 0.4
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    sums, counts = _cluster_sums(jnp.asarray(x), jnp.asarray(fresh), jnp.asarray(clusters), 5)
+    for c in range(5):
+        members = fresh & (clusters == c)
+        np.testing.assert_allclose(np.asarray(sums[c]), x[members].sum(axis=0), rtol=1e-5, atol=1e-5)
+        assert float(counts[c]) == members.sum()

@@ -324,7 +324,6 @@ def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array
     m = x.shape[0]
     k = centres.shape[0]
     xb = x.block(start, size)  # [size, D]
-    w = fresh.astype(x.dtype)
     rows = start + jnp.arange(size)
     d = _sq_dists(xb, jnp.sum(xb * xb, axis=-1), centres)  # [size, k]
     nearest = jnp.min(d, axis=-1)
@@ -332,7 +331,7 @@ def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array
     own = jnp.where(fresh, nearest, jnp.inf)
     block_d = jax.ops.segment_min(own, a, num_segments=k)
     is_min = fresh & (own == block_d[a])
-    sums, counts = _cluster_sums(xb * w[:, None], w, a, k)
+    sums, counts = _cluster_sums(xb, fresh, a, k)
     return _PassStats(
         sums=sums,
         counts=counts,
@@ -372,19 +371,26 @@ def _each_sub_block(m: int, size: int, sub: int, n_valid: jax.Array | int, j: ja
     return jax.lax.fori_loop(first // sub, (end + sub - 1) // sub, step, init)
 
 
-def _cluster_sums(xw: jax.Array, w: jax.Array, a: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Per-cluster sums of the rows xw [b, D] and of their weights w [b].
+def _cluster_sums(xb: jax.Array, fresh: jax.Array, a: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Per-cluster sums [k, D] of the rows xb [b, D] where fresh [b], in clusters a [b], and
+    their counts [k].
 
+    The rows not fresh are dropped by their cluster index (k, out of range) instead of
+    being multiplied by a zero weight: one product per block fewer, the same sums but for
+    a zero's sign (a finite row times zero added only a zero). The scatter still copies
+    its block.
     On CPU a scatter-add (segment_sum) adds rows in order. On GPUs XLA's
     scatter-add uses atomics, whose order (and so the float sums' last bits)
     changes from run to run; a one-hot matmul there costs one more [b, k, D]
-    product but gives the same bits every run. The weights are summed apart on CPU: a
+    product but gives the same bits every run. The counts are summed apart on CPU: a
     scatter adds each column on its own, and appending them to the rows cost a copy of
     the block."""
+    a = jnp.where(fresh, a, k)  # segment_sum drops an index out of range; one_hot gives zeros
     if jax.default_backend() == "cpu":
-        return jax.ops.segment_sum(xw, a, num_segments=k), jax.ops.segment_sum(w, a, num_segments=k)
-    rows = jnp.concatenate([xw, w[:, None]], axis=1)  # [b, D + 1]: one product for both
-    sums = jnp.dot(jax.nn.one_hot(a, k, dtype=xw.dtype).T, rows, precision="highest")  # [k, D + 1]
+        ones = jnp.ones(a.shape, xb.dtype)
+        return jax.ops.segment_sum(xb, a, num_segments=k), jax.ops.segment_sum(ones, a, num_segments=k)
+    rows = jnp.concatenate([xb, jnp.ones((xb.shape[0], 1), xb.dtype)], axis=1)  # [b, D + 1]: one product for both
+    sums = jnp.dot(jax.nn.one_hot(a, k, dtype=xb.dtype).T, rows, precision="highest")  # [k, D + 1]
     return sums[:, :-1], sums[:, -1]
 
 
@@ -515,9 +521,8 @@ def _sums_by_assignment(dense: Points, assignment: jax.Array, n_valid: jax.Array
 
     def part(start: jax.Array, offset: jax.Array, fresh: jax.Array,
              total: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        w = fresh.astype(dense.dtype)
         a = jax.lax.dynamic_slice_in_dim(assignment, start + offset, sub)
-        sums, counts = _cluster_sums(dense.block(start + offset, sub) * w[:, None], w, a, k)
+        sums, counts = _cluster_sums(dense.block(start + offset, sub), fresh, a, k)
         return total[0] + sums, total[1] + counts
 
     def body(j: jax.Array, total: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
