@@ -21,7 +21,6 @@ reference numbers of issue 12 (its query alone, model passes excluded).
 """
 import argparse
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "experiments")]
+from machine import describe  # noqa: E402
 
 MODULES = {"coreset": ("coreset", "make_coreset"), "badge": ("badge", "make_badge"),
            "cdal": ("cdal", "make_cdal"), "bald": ("uncertainty", "make_bald"), "gcnal": ("gcnal", "make_gcnal")}
@@ -107,20 +107,6 @@ def compare(name, view, budget, rev, repeats, old_runs=None):
                 load=os.getloadavg()[0])
 
 
-def machine() -> str:
-    import jax
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()
-    return (f"{model}, {os.cpu_count()} cores visible, {platform.system()} {platform.release()}, "
-            f"JAX {jax.__version__} on {jax.devices()[0].platform}; load average at the end "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (a shared machine)")
-
-
 def mib(n):
     return "-" if n is None else f"{n / 2**20:.0f}"
 
@@ -192,7 +178,8 @@ def main():
                 print(scaling[-1], flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     out = [f"# Baseline query times: this tree vs `{args.rev}`", "",
-           f"Machine: {machine()}; at the start {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}; "
+           f"Machine: {describe()} at the end; at the start "
+           f"{load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}; "
            "the last column of each table is the 1-minute load average after that row.",
            f"Peak RSS of the whole run: {peak:.0f} MiB "
            "(pools, both versions' compiled queries and JAX itself).", "",

@@ -29,6 +29,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "experiments"))
+from machine import describe  # noqa: E402
 
 SETTINGS = {
     "default": {},
@@ -160,10 +161,8 @@ def main():
     start, load = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]
     for name, jitted, call_args, static, kwargs in programs():
         lines.append("| " + " | ".join(measure(name, jitted, call_args, static, kwargs, args.repeats)) + " |")
-    from benchmark_kmeans import machine
-
     lines += ["", f"{start} to {time.strftime('%H:%M UTC', time.gmtime())}, load average {load:.2f} at the "
-              f"start; {machine()}; medians of {args.repeats} calls."]
+              f"start; {describe()}; medians of {args.repeats} calls."]
     if args.out:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:

@@ -18,13 +18,14 @@ import argparse
 import csv
 import io
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,7 @@ def table(runs: dict[str, list[list[dict]]], args: argparse.Namespace) -> str:
                      f"{statistics.median(new):.2f} ({', '.join(f'{t:.2f}' for t in new)}) | "
                      f"{statistics.median(old):.2f} ({', '.join(f'{t:.2f}' for t in old)}) | "
                      f"{statistics.median(old) / statistics.median(new):.2f}x |")
-    lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-              f"load average after the runs {os.getloadavg()[0]:.1f}."]
+    lines += ["", f"Machine: {describe()} after the runs."]
     return "\n".join(lines)
 
 

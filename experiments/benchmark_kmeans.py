@@ -29,7 +29,6 @@ import functools
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -44,6 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
+from machine import describe  # noqa: E402
 
 CASES = {
     "20k-pool": dict(m=20000, n_valid=653, dim=512, k=500, data="pool"),
@@ -217,21 +217,6 @@ def whole_process(args):
     return row
 
 
-def machine():
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import jax
-
-    return (f"{model}, {os.cpu_count()} CPUs visible, JAX {jax.__version__} on {jax.default_backend()}, "
-            f"load average {os.getloadavg()[0]:.1f} at the end (a shared machine)")
-
-
 def _pair(r, key):
     """'wall (CPU)' of a measurement, or '-'."""
     return f"{r[key]:.3f} ({r[key + '_cpu']:.3f})" if key in r else "-"
@@ -255,7 +240,7 @@ def table(rows, selection, args):
     text = [
         f"# k-means: {args.revision} vs the working tree",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {describe()}.",
         f"Times: wall seconds (CPU seconds of the process in brackets), median of {args.repeats} calls per "
         f"implementation, calls alternating; inertia: mean over keys 0..{args.seeds - 1}; scikit-learn: mean of "
         f"{args.seeds} fits (random_state 0..{args.seeds - 1}). Cold compile: fresh process, persistent cache "
@@ -311,7 +296,7 @@ def seeding_sizes(repeats):
         print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join([
         "# k-means seeding sized by the host's candidate count", "",
-        f"Machine: {machine()}. k = 500 on the 20k x 512 pool's buffer (L2-normalised rows); wall s (CPU s), "
+        f"Machine: {describe()}. k = 500 on the 20k x 512 pool's buffer (L2-normalised rows); wall s (CPU s), "
         f"median of {repeats} calls, the two alternating.", "", *lines, ""])
 
 

@@ -23,7 +23,6 @@ average is printed with each one. Targets: steady <= 154.9 / 50 s, process <= 15
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -38,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool  # noqa: E402
+from machine import describe  # noqa: E402
 
 # The learned / random path's files; selector.py with them, as it passes stages.py its static arguments.
 OLD_FILES = ("alfamix_jax/selection/mixing.py", "alfamix_jax/selection/stages.py", "alfamix_jax/selection/heads.py",
@@ -143,20 +143,6 @@ def old_snapshot(tmp, rev):
     return root
 
 
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import jax
-
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, JAX {jax.__version__}"
-
-
 def gib(x):
     return f"{x / 2**30:.2f} GiB"
 
@@ -208,7 +194,7 @@ def main():
             if "selected_sum" in r:
                 same.setdefault((case, alpha), set()).add((r["caps_tried"], tuple(r["union_per_cap"])))
         agree = all(len(v) == 1 for v in same.values())
-        note = (f"Machine: {machine()}; load average at the start of each measurement in the last column (the "
+        note = (f"Machine: {describe()}; load average at the start of each measurement in the last column (the "
                 f"machine is shared: a load above the core count slows every row). Steady: median of "
                 f"{args.repeats} call(s) after the first. Whole process: a fresh `select` process with an empty "
                 f"compilation cache; warm: a second one with the persistent cache the first wrote. CPU: seconds of "

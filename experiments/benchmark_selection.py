@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -592,9 +593,8 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    print(f"# alfamix-jax selection benchmark\n\nmachine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
-          f"load average at start {os.getloadavg()[0]:.2f} (other work on the machine inflates timings)\n",
-          flush=True)
+    print(f"# alfamix-jax selection benchmark\n\nmachine: {describe()} at the start (other work on the "
+          "machine inflates timings)\n", flush=True)
     results = dict(args=vars(args), selection=[], alpha_paths=[])
     for n in sizes:
         print(f"... selection N={n:,}", file=sys.stderr, flush=True)

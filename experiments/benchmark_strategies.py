@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from machine import describe
+
 
 def build_view(n, dim, classes, labelled, passes, seed=0):
     import jax.numpy as jnp
@@ -124,8 +126,8 @@ def main():
             else:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"  {name} N={n}: {rows[-1].get('steady_s', rows[-1].get('error'))}", file=sys.stderr, flush=True)
-    print(f"\nD={args.dim}, C={args.classes}, B={args.budget}, {args.labelled} labelled, CPU "
-          f"({os.cpu_count()} cores), median of {args.repeats} steady calls\n")
+    print(f"\nD={args.dim}, C={args.classes}, B={args.budget}, {args.labelled} labelled, {describe()}, "
+          f"median of {args.repeats} steady calls\n")
     print("| strategy | N | first call (compile + run) | steady | extra peak RSS | / embedding bytes | XLA temp |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
