@@ -37,7 +37,8 @@ def clustered_rows(seed, n, dim, clusters, spread):
     (2500, 2500, 8, 20, 2.0, False),  # Elkan's bounds: one per centre
     pytest.param(3000, 4096, 24, 70, 1.0, True,  # groups of 3 centres, the last one short; a gathered, normalised view
                  marks=pytest.mark.shipping_codegen),
-    (2000, 2048, 12, 300, 0.7, False),  # more centres than 32 groups of 1 (groups of 10)
+    pytest.param(2000, 2048, 12, 300, 0.7, False,  # more centres than 32 groups of 1 (groups of 10)
+                 marks=pytest.mark.shipping_codegen),
 ], ids=["groups-of-2", "one-per-centre", "view-uneven-groups", "k-300"])
 def test_bounded_passes_equal_full_passes_bit_for_bit(n, m, dim, k, spread, view):
     x = np.zeros((m, dim), np.float32)
@@ -60,6 +61,7 @@ def test_bounded_passes_equal_full_passes_bit_for_bit(n, m, dim, k, spread, view
 EDGE_ROWS, EDGE_DIM, EDGE_K = 2500, 8, 20
 
 
+@pytest.mark.shipping_codegen
 @pytest.mark.parametrize("k,n_valid", [(1, 700), (EDGE_K, 0), (EDGE_K, EDGE_K - 1)],
                          ids=["one-centre", "no-rows", "fewer-rows-than-centres"])
 def test_bounded_passes_equal_full_passes_at_the_edges(k, n_valid):
@@ -130,6 +132,7 @@ def test_the_host_turns_bounds_on_for_many_rows_per_centre():
     assert sizing(65536, 500, 65536).bounded
 
 
+@pytest.mark.shipping_codegen
 def test_the_selector_gives_the_same_batch_with_bounds(monkeypatch):
     x, labels, _, head = make_pool(4, n=2500, dim=16, num_classes=5, labelled=50, sep=0.6)
     args = (jax.random.key(2), jnp.asarray(x), jnp.asarray(labels), head)

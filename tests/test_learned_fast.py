@@ -147,6 +147,7 @@ def test_reference_selections_equal_with_and_without_the_fast_path():
     np.testing.assert_array_equal(fast.diagnostics.flips_per_anchor, general.diagnostics.flips_per_anchor)
 
 
+@pytest.mark.shipping_codegen
 def test_the_search_selects_the_same_bits_with_and_without_skipping(monkeypatch):
     """Through the selector's search stage, learned alpha (random alpha packs its pairs with
     the same code, tested above): blocks of 128 rows (the last shifted back), several caps;

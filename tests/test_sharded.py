@@ -166,6 +166,7 @@ def test_few_candidates_are_all_taken_then_filled():
     assert_same(run_case(mesh_of(8), case), reference)
 
 
+@pytest.mark.shipping_codegen
 def test_streamed_from_a_memory_mapped_file_is_the_same(tmp_path, by_devices):
     """Streamed over a mesh of 4: the in-memory batch on that mesh (by_devices[4] is exactly that
     run) and on one device. One mesh size suffices: the streaming code is the same for every
