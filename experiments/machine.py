@@ -23,6 +23,7 @@ def describe() -> str:
     import jax  # here, not at import: the benchmarks' parent processes need no JAX
 
     load = os.getloadavg()
-    return (f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores usable, {platform.system()} "
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux: the affinity
+    return (f"{cpu_model()}, {cores} cores usable, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, JAX {jax.__version__} on "
             f"{jax.default_backend()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")

@@ -230,7 +230,14 @@ def test_picks_record_every_round_and_match_the_checkpoints(two_by_two):
 def _stop_after(config_path, workdir, rows, sig):
     """Run CLI_CONFIG into `workdir`, send `sig` once results.csv holds `rows` rows (or more)
     -> (exit code, stderr)."""
-    proc = _cli("--config", config_path, "--workdir", workdir, "--no-progress")
+    # A shell running the suite in the background starts it with SIGINT ignored, and a child
+    # inherits that (so Ctrl-C would do nothing). Start the run as a terminal does: a handler
+    # set here is reset to SIGINT's default action in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = _cli("--config", config_path, "--workdir", workdir, "--no-progress")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         try:
