@@ -1,5 +1,5 @@
-"""The machine a benchmark ran on, for the line under its table: the CPU's model (not just
-x86_64: two x86_64 machines can differ 2x), the cores this process may use, Python, JAX
+"""The machine a benchmark ran on, for the line under its table: the CPU's model (x86_64
+alone names no machine), the cores this process may use, Python, JAX
 and its backend, and the load average, since this machine is shared and the load often
 explains a slow run more than the code does."""
 import os
