@@ -379,6 +379,7 @@ def _cluster_sums(xb: jax.Array, fresh: jax.Array, a: jax.Array, k: int) -> tupl
     being multiplied by a zero weight: one product per block fewer, the same sums but for
     a zero's sign (a finite row times zero added only a zero). The scatter still copies
     its block.
+
     On CPU a scatter-add (segment_sum) adds rows in order. On GPUs XLA's
     scatter-add uses atomics, whose order (and so the float sums' last bits)
     changes from run to run; a one-hot matmul there costs one more [b, k, D]
