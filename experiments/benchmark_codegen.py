@@ -93,14 +93,9 @@ def selector_programs(name, selector, key, emb, labels, head, finish):
 
 def pool(n, labelled, dim):
     """The benchmark pool generator's n x dim pool on the device: embeddings, labels, head."""
-    import jax
-    from benchmark_selection import POOL_SEED, POOL_SEP, make_pool
+    from benchmark_selection import POOL_SEED, POOL_SEP, make_pool, pool_on_device
 
-    from alfamix_jax import LinearHead
-
-    p = make_pool(POOL_SEED, n, labelled, dim, 10, POOL_SEP)
-    head = LinearHead(jax.device_put(p["head_weight"]), jax.device_put(p["head_bias"]))
-    return jax.device_put(p["embeddings"]), jax.device_put(p["labels"].astype(np.int32)), head
+    return pool_on_device(make_pool(POOL_SEED, n, labelled, dim, 10, POOL_SEP))
 
 
 def programs():

@@ -63,14 +63,12 @@ def _selection_figures() -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool
+    from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool, pool_on_device
 
-    from alfamix_jax import LinearHead, make_alfamix_selector
+    from alfamix_jax import make_alfamix_selector
     from alfamix_jax.selection import stages
 
-    pool = make_pool(POOL_SEED, 20000, POOL_LABELLED, 512, 10, POOL_SEP)
-    x, labels = jax.device_put(pool["embeddings"]), jax.device_put(pool["labels"].astype(np.int32))
-    head = LinearHead(jax.device_put(pool["head_weight"]), jax.device_put(pool["head_bias"]))
+    x, labels, head = pool_on_device(make_pool(POOL_SEED, 20000, POOL_LABELLED, 512, 10, POOL_SEP))
     key, select = jax.random.key(0), make_alfamix_selector(budget=500, num_classes=10, alpha_cap_step=0.2)
     start = time.perf_counter()
     batch = np.asarray(jax.block_until_ready(select(key, x, labels, head)).selected)

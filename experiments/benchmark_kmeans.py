@@ -173,14 +173,11 @@ def selection_worker():
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
-    from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool
+    from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool, pool_on_device
 
-    from alfamix_jax import LinearHead, make_alfamix_selector
+    from alfamix_jax import make_alfamix_selector
 
-    pool = make_pool(POOL_SEED, 20000, POOL_LABELLED, 512, 10, POOL_SEP)
-    emb, labels = jax.device_put(pool["embeddings"]), jax.device_put(pool["labels"].astype(np.int32))
-    head = LinearHead(jax.device_put(pool["head_weight"]), jax.device_put(pool["head_bias"]))
-    jax.block_until_ready((emb, labels, head))
+    emb, labels, head = pool_on_device(make_pool(POOL_SEED, 20000, POOL_LABELLED, 512, 10, POOL_SEP))
     select = make_alfamix_selector(budget=500, num_classes=10, alpha_cap_step=0.2)
     result, first, first_cpu = timed(jax, select, jax.random.key(0), emb, labels, head)
     steady = [timed(jax, select, jax.random.key(i), emb, labels, head)[1:] for i in range(1, 8)]

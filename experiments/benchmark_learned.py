@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
-from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool  # noqa: E402
+from benchmark_selection import POOL_LABELLED, POOL_SEED, POOL_SEP, make_pool, pool_on_device  # noqa: E402
 from machine import describe  # noqa: E402
 
 # The learned / random path's files; selector.py with them, as it passes stages.py its static arguments.
@@ -70,13 +70,10 @@ def worker(case, alpha, repeats):
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
-    from alfamix_jax import LinearHead, make_alfamix_selector
+    from alfamix_jax import make_alfamix_selector
 
     n, dim, budget, step = CASES[case]
-    pool = make_pool(POOL_SEED, n, POOL_LABELLED, dim, 10, POOL_SEP)
-    emb, labels = jax.device_put(pool["embeddings"]), jax.device_put(pool["labels"].astype(np.int32))
-    head = LinearHead(jax.device_put(pool["head_weight"]), jax.device_put(pool["head_bias"]))
-    del pool
+    emb, labels, head = pool_on_device(make_pool(POOL_SEED, n, POOL_LABELLED, dim, 10, POOL_SEP))
     peak_reset()
     base = rss_bytes("VmRSS")
     select = make_alfamix_selector(budget=budget, num_classes=10, alpha=alpha, alpha_cap_step=step)

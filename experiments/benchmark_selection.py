@@ -78,6 +78,18 @@ def make_pool(seed, n_unlabelled, n_labelled, dim, classes, sep, w_noise=0.1):
 POOL_SEED, POOL_LABELLED, POOL_SEP = 5, 200, 0.25
 
 
+def pool_on_device(pool):
+    """A `make_pool` pool on the default device, transferred: (embeddings, int32 labels, LinearHead)."""
+    import jax
+
+    from alfamix_jax import LinearHead
+
+    emb = jax.device_put(pool["embeddings"])
+    labels = jax.device_put(pool["labels"].astype(np.int32))
+    head = LinearHead(jax.device_put(pool["head_weight"]), jax.device_put(pool["head_bias"]))
+    return jax.block_until_ready((emb, labels, head))
+
+
 def pool_for(n, args):
     return make_pool(POOL_SEED, n, POOL_LABELLED, args.dim, args.classes, POOL_SEP)
 
@@ -134,21 +146,15 @@ def worker_selection(args):
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
-    from alfamix_jax import LinearHead, make_alfamix_selector
+    from alfamix_jax import make_alfamix_selector
 
     import_s = time.perf_counter() - t_import
 
     pool, pool_s = _timed(lambda: pool_for(args.n, args))
     emb_bytes = pool["embeddings"].nbytes
 
-    def to_device(pool):
-        emb = jax.device_put(pool["embeddings"])
-        labels = jax.device_put(pool["labels"].astype(np.int32))
-        head = LinearHead(jax.device_put(pool["head_weight"]), jax.device_put(pool["head_bias"]))
-        return jax.block_until_ready((emb, labels, head))
-
     t = time.perf_counter()
-    emb, labels, head = to_device(pool)
+    emb, labels, head = pool_on_device(pool)
     transfer_s = time.perf_counter() - t
     del pool
     gc.collect()
