@@ -210,8 +210,8 @@ def test_first_index_of_is_argmin_and_argmax_with_ties_to_the_lowest_index(axis)
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_cluster_sums_count_only_the_fresh_rows(backend, monkeypatch):
-    """A pass's block sums rows new to it and valid (`fresh`) and drops the others by an
-    out-of-range cluster index: on CPU by segment_sum, elsewhere by a one-hot product (run
+    """The cluster sums of a chunk of rows count the rows marked `fresh` and drop the others by
+    an out-of-range cluster index: on CPU by segment_sum, elsewhere by a one-hot product (run
     here on the CPU by naming another backend)."""
     from alfamix_jax.selection.kmeans import _cluster_sums
 
@@ -225,3 +225,33 @@ def test_cluster_sums_count_only_the_fresh_rows(backend, monkeypatch):
         members = fresh & (clusters == c)
         np.testing.assert_allclose(np.asarray(sums[c]), x[members].sum(axis=0), rtol=1e-5, atol=1e-5)
         assert float(counts[c]) == members.sum()
+
+
+def test_moved_sums_follow_the_rows_that_changed_cluster():
+    """The clusters' sums are kept up to date by moving the rows whose cluster changed: from
+    nothing (-1) they are the direct sums, after a second assignment the direct sums of that
+    one (rows of the view, scaled; rows past n_valid never count), over several chunks."""
+    from alfamix_jax.selection.kmeans import _moved_sums
+
+    rng = np.random.RandomState(4)
+    m, n_valid, k, dim = 300, 257, 6, 5
+    source = rng.randn(400, dim).astype(np.float32)
+    rows = rng.permutation(400)[:m].astype(np.int32)
+    scale = rng.uniform(0.5, 2.0, m).astype(np.float32)
+    points = Points(jnp.asarray(source), jnp.asarray(rows), jnp.asarray(scale))
+    x = source[rows] / scale[:, None]
+    first = np.where(np.arange(m) < n_valid, rng.randint(0, k, m), -1).astype(np.int32)
+    second = np.where(rng.rand(m) < 0.2, rng.randint(0, k, m), first).astype(np.int32)  # a fifth may move
+    second[n_valid:] = rng.randint(0, k, m - n_valid)  # past n_valid: ignored whatever it says
+
+    @jax.jit
+    def move(before, after, sums, counts):
+        return _moved_sums(points, before, after, n_valid, sums, counts, sub=32)
+
+    sums, counts = move(jnp.full((m,), -1, jnp.int32), jnp.asarray(first), jnp.zeros((k, dim)), jnp.zeros((k,)))
+    sums, counts = move(jnp.asarray(first), jnp.asarray(second), sums, counts)
+    for c in range(k):
+        members = (second == c) & (np.arange(m) < n_valid)
+        np.testing.assert_allclose(np.asarray(sums[c]), x[members].sum(axis=0), rtol=1e-5, atol=1e-4)
+        assert float(counts[c]) == members.sum()
+    assert (second[:n_valid] != first[:n_valid]).sum() > 32  # the moves span more than one chunk

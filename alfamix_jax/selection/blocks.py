@@ -8,6 +8,8 @@ only the rows new to the block (`block_rows`' mask).
 import jax
 import jax.numpy as jnp
 
+from alfamix_jax.selection.reductions import prefix_sums
+
 
 def block_start(n: int, size: int, j: jax.Array | int) -> jax.Array:
     """The first row of block j of `size` rows over n rows (n >= size). min(j * size, n - size):
@@ -28,3 +30,13 @@ def block_rows(m: int, size: int, n_valid: jax.Array | int,
     start = block_start(m, size, j)
     rows = start + jnp.arange(size)
     return start, rows, (rows >= j * size) & (rows < n_valid)
+
+
+def append_flagged(packed: jax.Array, count: jax.Array, flags: jax.Array,
+                   rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Append the rows [b] where flags [b] to the first `count` entries of packed [slots], in
+    order (slots past the end: dropped). -> (packed, count)."""
+    within = prefix_sums(flags.astype(jnp.float32)).astype(jnp.int32)  # [b] each flagged row's place
+    slots = packed.shape[0]
+    packed = packed.at[jnp.where(flags, count + within - 1, slots)].set(rows, mode="drop")
+    return packed, count + within[-1]

@@ -28,6 +28,8 @@ recompiles when that number changes. A caller that knows n_valid on the host
 (`seeding_rows`): one compiled seeding, on a prefix of at most 1.5x the rows.
 With many rows per centre it also asks for Lloyd passes that skip the rows whose
 cluster cannot change (`lloyd_bounds`; `sizing` decides both), with the same result.
+Every pass keeps the clusters' sums up to date by moving only the rows that changed
+cluster (`_moved_sums`), not by summing every row again.
 """
 import math
 from collections.abc import Callable
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from alfamix_jax.selection import lloyd_bounds
-from alfamix_jax.selection.blocks import block_rows, block_start, occupied_blocks
+from alfamix_jax.selection.blocks import append_flagged, block_rows, block_start, occupied_blocks
 from alfamix_jax.selection.points import PASS_BLOCK, Points, as_points
 from alfamix_jax.selection.reductions import first_index_of, prefix_sums
 
@@ -309,10 +311,9 @@ def sampled_kmeans_plus_plus(key: jax.Array, x: jax.Array | Points, n_valid: jax
 
 
 class _PassStats(NamedTuple):
-    """One assignment pass's totals, or one block's share of them."""
+    """One assignment pass's totals, or one block's share of them (the clusters' sums are
+    kept up to date apart, by `_moved_sums`)."""
 
-    sums: jax.Array  # [k, D] per-cluster sums of member rows
-    counts: jax.Array  # [k] members per cluster
     best_d: jax.Array  # [k] squared distance of the nearest member (inf: none yet)
     best_i: jax.Array  # [k] int32 row of that member (ties: lowest row)
     inertia: jax.Array  # [] sum of squared distances to the assigned centre
@@ -331,10 +332,7 @@ def _sub_stats(x: Points, centres: jax.Array, start: jax.Array, fresh: jax.Array
     own = jnp.where(fresh, nearest, jnp.inf)
     block_d = jax.ops.segment_min(own, a, num_segments=k)
     is_min = fresh & (own == block_d[a])
-    sums, counts = _cluster_sums(xb, fresh, a, k)
     return _PassStats(
-        sums=sums,
-        counts=counts,
         best_d=block_d,
         best_i=jax.ops.segment_min(jnp.where(is_min, rows, m), a, num_segments=k),
         inertia=jnp.sum(jnp.where(fresh, own, 0.0)),
@@ -346,13 +344,13 @@ def _block_stats(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: 
     """Block j's share of an assignment pass (zero where its rows are not new and valid),
     summed over its occupied sub-blocks of `_sub_rows(k, D)` rows, in order: the same sums
     whichever device computes the block."""
-    m, dim = x.shape
+    m = x.shape[0]
     sub = _pass_sub_rows(size, *centres.shape)
 
     def body(start: jax.Array, offset: jax.Array, fresh: jax.Array, total: _PassStats) -> _PassStats:
         return _combine(total, _sub_stats(x, centres, start + offset, fresh, sub), offset, fresh)
 
-    return _each_sub_block(m, size, sub, n_valid, j, body, _empty_pass(size, dim, centres.shape[0], x.dtype))
+    return _each_sub_block(m, size, sub, n_valid, j, body, _empty_pass(size, centres.shape[0], x.dtype))
 
 
 def _each_sub_block(m: int, size: int, sub: int, n_valid: jax.Array | int, j: jax.Array,
@@ -373,12 +371,11 @@ def _each_sub_block(m: int, size: int, sub: int, n_valid: jax.Array | int, j: ja
 
 def _cluster_sums(xb: jax.Array, fresh: jax.Array, a: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Per-cluster sums [k, D] of the rows xb [b, D] where fresh [b], in clusters a [b], and
-    their counts [k].
+    their counts [k]: a chunk of the rows `_moved_sums` moves.
 
     The rows not fresh are dropped by their cluster index (k, out of range) instead of
-    being multiplied by a zero weight: one product per block fewer, the same sums but for
-    a zero's sign (a finite row times zero added only a zero). The scatter still copies
-    its block.
+    being multiplied by a zero weight: one product fewer, the same sums but for a zero's
+    sign (a finite row times zero added only a zero).
 
     On CPU a scatter-add (segment_sum) adds rows in order. On GPUs XLA's
     scatter-add uses atomics, whose order (and so the float sums' last bits)
@@ -403,8 +400,6 @@ def _combine(total: _PassStats, part: _PassStats, offset: jax.Array, fresh: jax.
     better = part.best_d < total.best_d  # a tie keeps the earlier part's (lower) row
     previous = jax.lax.dynamic_slice_in_dim(total.assignment, offset, size)
     return _PassStats(
-        sums=total.sums + part.sums,
-        counts=total.counts + part.counts,
         best_d=jnp.where(better, part.best_d, total.best_d),
         best_i=jnp.where(better, part.best_i, total.best_i),
         inertia=total.inertia + part.inertia,
@@ -420,10 +415,8 @@ def _add_block(total: _PassStats, block: _PassStats, j: jax.Array, size: int, n_
     return _combine(total, block, start, fresh)
 
 
-def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
+def _empty_pass(m: int, k: int, dtype: DTypeLike) -> _PassStats:
     return _PassStats(
-        sums=jnp.zeros((k, dim), dtype),
-        counts=jnp.zeros((k,), dtype),
         best_d=jnp.full((k,), jnp.inf, dtype),
         best_i=jnp.full((k,), -1, jnp.int32),
         inertia=jnp.zeros((), dtype),
@@ -434,12 +427,12 @@ def _empty_pass(m: int, dim: int, k: int, dtype: DTypeLike) -> _PassStats:
 def _assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
                  num_blocks: jax.Array | int) -> _PassStats:
     """One pass over the occupied blocks, in order, on this device."""
-    m, dim = x.shape
+    m = x.shape[0]
 
     def body(j: jax.Array, total: _PassStats) -> _PassStats:
         return _add_block(total, _block_stats(x, n_valid, centres, size, j), j, size, n_valid)
 
-    return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, centres.shape[0], x.dtype))
+    return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, centres.shape[0], x.dtype))
 
 
 def _sharded_assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int,
@@ -448,7 +441,7 @@ def _sharded_assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array
     (inside shard_map; x replicated). Each device computes its share of the
     blocks, the per-block results are gathered, and every device adds them up
     in block order: the result is bit-identical on any number of devices."""
-    m, dim = x.shape
+    m = x.shape[0]
     k = centres.shape[0]
     devices = jax.lax.axis_size(axis_name)
     max_blocks = -(-m // size)
@@ -460,7 +453,7 @@ def _sharded_assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array
         return jax.lax.cond(
             j < num_blocks,
             lambda: _block_stats(x, n_valid, centres, size, j),
-            lambda: _empty_pass(size, dim, k, x.dtype)._replace(assignment=jnp.zeros((size,), jnp.int32)),
+            lambda: _empty_pass(size, k, x.dtype)._replace(assignment=jnp.zeros((size,), jnp.int32)),
         )
 
     local = jax.lax.map(stats, mine)  # [slots, ...] per field
@@ -469,7 +462,7 @@ def _sharded_assign_pass(x: Points, n_valid: jax.Array | int, centres: jax.Array
     def body(j: jax.Array, total: _PassStats) -> _PassStats:
         return _add_block(total, jax.tree.map(lambda a: a[j], every), j, size, n_valid)
 
-    return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, dim, k, x.dtype))
+    return jax.lax.fori_loop(0, num_blocks, body, _empty_pass(m, k, x.dtype))
 
 
 def _mean_variance(x: Points, n_valid: jax.Array | int) -> jax.Array:
@@ -490,7 +483,8 @@ def _mean_variance(x: Points, n_valid: jax.Array | int) -> jax.Array:
     return jnp.maximum(spread - jnp.sum(shifted**2) / count, 0.0) / (count * dim)
 
 
-_LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats]  # (done, iterations, centres [k, D], last pass)
+# (done, iterations, centres [k, D], last pass, the clusters' sums [k, D] and counts [k])
+_LloydState = tuple[jax.Array, jax.Array, jax.Array, _PassStats, jax.Array, jax.Array]
 
 
 def _moved(centres: jax.Array, sums: jax.Array, counts: jax.Array, i: jax.Array, threshold: jax.Array,
@@ -504,79 +498,79 @@ def _moved(centres: jax.Array, sums: jax.Array, counts: jax.Array, i: jax.Array,
     return done, jnp.where(done, centres, new), new
 
 
-# Rows per block when the bounded passes widen the bounds and list the rows to recompute: the
-# work is elementwise and the list in row order, so any block size gives the same bits. Each
-# block is a loop step of ~25 small operations, so fewer, larger blocks than a pass's 4,096 rows;
-# [16384, 32] bounds are 2 MiB.
+# Rows per block when the bounded passes widen the bounds and list the rows to recompute, and
+# when a pass lists the rows that changed cluster: the work is elementwise and the list in row
+# order, so any block size gives the same bits. Each block is a loop step of ~25 small
+# operations, so fewer, larger blocks than a pass's 4,096 rows; [16384, 32] bounds are 2 MiB.
 _WIDE_BLOCK = 16384
 
 
-def _sums_by_assignment(dense: Points, assignment: jax.Array, n_valid: jax.Array | int, k: int, size: int,
-                        num_blocks: jax.Array | int) -> tuple[jax.Array, jax.Array]:
-    """Per-cluster sums [k, D] and counts [k] of the first n_valid rows of dense [M, D], their
-    clusters known (assignment [M]), added up in the sub-blocks and order of a full pass
-    (`_assign_pass`), so the same bits: only the sums, not a pass's other totals."""
-    m, dim = dense.shape
-    sub = _pass_sub_rows(size, k, dim)
-    zeros = (jnp.zeros((k, dim), dense.dtype), jnp.zeros((k,), dense.dtype))
+def _moved_sums(x: Points, before: jax.Array, after: jax.Array, n_valid: jax.Array | int, sums: jax.Array,
+                counts: jax.Array, sub: int) -> tuple[jax.Array, jax.Array]:
+    """The clusters' sums [k, D] and counts [k] once the rows whose cluster changed from
+    `before` [M] to `after` [M] (-1: none) have moved: each added to its new cluster and taken
+    from its old one, in row order, `sub` rows at a time (the first pass adds every row).
 
-    def part(start: jax.Array, offset: jax.Array, fresh: jax.Array,
-             total: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        a = jax.lax.dynamic_slice_in_dim(assignment, start + offset, sub)
-        sums, counts = _cluster_sums(dense.block(start + offset, sub), fresh, a, k)
-        return total[0] + sums, total[1] + counts
+    Why not sum every row each pass, as scikit-learn does: late in a run few rows move, and
+    the sums then cost those rows, not a read of the whole buffer (on the Fashion-MNIST
+    protocol's 35,417 x 256 candidates, k = 100, about 3 of 11 ms a pass, and the bounded
+    passes' [M, D] copy of the view). Full passes, bounded passes and a mesh all update the
+    sums this way from the same assignments, so they agree bit for bit. Each move rounds the
+    sums once more; over a run that is a few ulps of a cluster's sum, far below the
+    convergence tolerance."""
+    m = before.shape[0]
+    k = sums.shape[0]
+    wide, wide_blocks = occupied_blocks(m, _WIDE_BLOCK, n_valid)
 
-    def body(j: jax.Array, total: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        block = _each_sub_block(m, size, sub, n_valid, j, part, zeros)
-        return total[0] + block[0], total[1] + block[1]
+    def listed(j: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        start, rows, fresh = block_rows(m, wide, n_valid, j)
+        changed = jax.lax.dynamic_slice_in_dim(before, start, wide) != jax.lax.dynamic_slice_in_dim(after, start, wide)
+        return append_flagged(*carry, fresh & changed, rows)
 
-    return jax.lax.fori_loop(0, num_blocks, body, zeros)
+    slots = _round_up(m, sub)
+    packed, count = jax.lax.fori_loop(0, wide_blocks, listed, (jnp.zeros((slots,), jnp.int32), jnp.int32(0)))
 
+    def chunk(c: jax.Array, totals: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        rows = jax.lax.dynamic_slice_in_dim(packed, c * sub, sub)  # [sub]
+        live = c * sub + jnp.arange(sub) < count
+        xb = x.take(rows)  # [sub, D]
+        joined, joiners = _cluster_sums(xb, live, after[rows], k)
+        old = before[rows]
+        left, leavers = _cluster_sums(xb, live & (old >= 0), old, k)
+        return totals[0] + joined - left, totals[1] + joiners - leavers
 
-_BoundedState = tuple[jax.Array, jax.Array, jax.Array, jax.Array, lloyd_bounds.Bounds, jax.Array]
-
-
-def _materialised(x: Points, size: int, num_blocks: jax.Array | int) -> Points:
-    """A view's rows in one [M, D] array, written once (the occupied blocks; zero past them),
-    for the bounded passes' cluster sums: each pass read every row through the view's gather
-    and division, 2.8 of 7.8 ms a pass on 27k x 256 candidates. Rows are divided alike either
-    way, and the sums involve no reduction over a row (whose rounding XLA may fuse with the
-    read, see `points`), so the sums are the same bits."""
-    if x.rows is None and x.scale is None:
-        return x
-    m, dim = x.shape
-
-    def body(j: jax.Array, out: jax.Array) -> jax.Array:
-        start = block_start(m, size, j)
-        return jax.lax.dynamic_update_slice_in_dim(out, x.block(start, size), start, axis=0)
-
-    return Points(jax.lax.fori_loop(0, num_blocks, body, jnp.zeros((m, dim), x.dtype)))
+    return jax.lax.fori_loop(0, (count + sub - 1) // sub, chunk, (sums, counts))
 
 
-def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int, num_blocks: jax.Array | int,
-                   threshold: jax.Array, max_iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+# (done, iterations, centres [k, D], how far each moved [k], bounds, rows recomputed, sums [k, D], counts [k])
+_BoundedState = tuple[jax.Array, jax.Array, jax.Array, jax.Array, lloyd_bounds.Bounds, jax.Array, jax.Array,
+                      jax.Array]
+
+
+def _bounded_lloyd(x: Points, n_valid: jax.Array | int, centres: jax.Array, size: int, threshold: jax.Array,
+                   max_iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Lloyd's iterations with distance bounds (`lloyd_bounds`): each pass recomputes only
-    the rows whose cluster may have changed, then sums the clusters as a full pass does.
-    The same centres and iterations as `kmeans`' full passes, bit for bit.
-    -> (centres [k, D], iterations, rows recomputed)."""
+    the rows whose cluster may have changed, then moves the rows that changed cluster in
+    the sums (`_moved_sums`). The same centres and iterations as `kmeans`' full passes, bit
+    for bit. -> (centres [k, D], iterations, rows recomputed)."""
     m, dim = x.shape
     k = centres.shape[0]
-    sub = _pass_sub_rows(size, k, dim)  # a full pass's sub-block: the same product per row
-    dense = _materialised(x, size, num_blocks)  # for the sums alone: the same values, no reductions
+    sub = _pass_sub_rows(size, k, dim)  # a full pass's sub-block: the same product per row, the same sums
     wide, wide_blocks = occupied_blocks(m, _WIDE_BLOCK, n_valid)
 
     def body(state: _BoundedState) -> _BoundedState:
-        _, i, centres, moved, bounds, computed = state
+        _, i, centres, moved, bounds, computed, sums, counts = state
+        before = bounds.assignment
         bounds, packed, count = lloyd_bounds.stale(bounds, moved, centres, n_valid, wide, wide_blocks,
                                                    _round_up(m, sub))
         bounds = lloyd_bounds.refresh(x, bounds, packed, count, centres, sub, _sq_dists)
-        sums, counts = _sums_by_assignment(dense, bounds.assignment, n_valid, k, size, num_blocks)
+        sums, counts = _moved_sums(x, before, bounds.assignment, n_valid, sums, counts, sub)
         done, kept, new = _moved(centres, sums, counts, i, threshold, max_iters)
-        return done, i + 1, kept, lloyd_bounds.shifts(centres, new), bounds, computed + count
+        return done, i + 1, kept, lloyd_bounds.shifts(centres, new), bounds, computed + count, sums, counts
 
     init = (jnp.array(False), jnp.int32(0), centres, jnp.zeros((k,), x.dtype), lloyd_bounds.initial(m, k, x.dtype),
-            jnp.int32(0))
-    _, iterations, centres, _, _, computed = jax.lax.while_loop(lambda state: ~state[0], body, init)
+            jnp.int32(0), jnp.zeros((k, dim), x.dtype), jnp.zeros((k,), x.dtype))
+    _, iterations, centres, _, _, computed, _, _ = jax.lax.while_loop(lambda state: ~state[0], body, init)
     return centres, iterations, computed
 
 
@@ -631,18 +625,22 @@ def kmeans(
         return _sharded_assign_pass(x, n_valid, centres, size, num_blocks, axis_name)
 
     if bounded and axis_name is None:
-        centres, iterations, computed = _bounded_lloyd(x, n_valid, centres, size, num_blocks, threshold, max_iters)
+        centres, iterations, computed = _bounded_lloyd(x, n_valid, centres, size, threshold, max_iters)
         out = run_pass(centres)  # the last pass in full: its picks and inertia
         return KMeansResult(centres, out.assignment, out.best_i, out.inertia, iterations, computed + n_valid)
 
     # Each iteration is one assignment pass with the current centres (the pass is traced
     # once, which halves the compile time).
-    def body(state: _LloydState) -> _LloydState:
-        _, i, centres, _ = state
-        out = run_pass(centres)
-        done, kept, _ = _moved(centres, out.sums, out.counts, i, threshold, max_iters)
-        return done, i + 1, kept, out
+    sub = _pass_sub_rows(size, k, x.shape[1])
 
-    init = (jnp.array(False), jnp.int32(0), centres, _empty_pass(m, x.shape[1], k, x.dtype))
-    _, iterations, centres, out = jax.lax.while_loop(lambda state: ~state[0], body, init)
+    def body(state: _LloydState) -> _LloydState:
+        _, i, centres, last, sums, counts = state
+        out = run_pass(centres)
+        sums, counts = _moved_sums(x, last.assignment, out.assignment, n_valid, sums, counts, sub)
+        done, kept, _ = _moved(centres, sums, counts, i, threshold, max_iters)
+        return done, i + 1, kept, out, sums, counts
+
+    init = (jnp.array(False), jnp.int32(0), centres, _empty_pass(m, k, x.dtype), jnp.zeros((k, x.shape[1]), x.dtype),
+            jnp.zeros((k,), x.dtype))
+    _, iterations, centres, out, _, _ = jax.lax.while_loop(lambda state: ~state[0], body, init)
     return KMeansResult(centres, out.assignment, out.best_i, out.inertia, iterations, iterations * n_valid)
