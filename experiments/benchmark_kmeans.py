@@ -7,6 +7,7 @@ process, calls alternating; then the whole selection on the 20k benchmark pool w
         [--seeds 6] [--revision 62329fb] [--skip-cold] [--skip-selection]
         [--out experiments/results/kmeans/benchmark.md]
     python experiments/benchmark_kmeans.py --seeding-sizes [--repeats 3] [--out ...]
+    python experiments/benchmark_kmeans.py --bounds [--cases ...] [--repeats 3] [--out ...]
 
 Cases (the k-means buffer as the selection builds it: L2-normalised rows, first n_valid real):
 - 20k-pool: the 20k x 512 benchmark pool with budget 500: 653 candidates in a 20,000-row buffer.
@@ -21,7 +22,8 @@ median of two more. The selection (working tree only; closed-form alpha, alpha_c
 first call and steady state in a fresh process, cache off; and the whole `alfamix-jax select`
 process with the cache off, cold (an empty cache directory) and warm (the same directory again).
 --seeding-sizes instead times the default seeding (k = 500, the 20k pool's buffer) for candidate
-counts from 1,000 to 8,000, sized as the selection sizes it against the program's own choice.
+counts from 1,000 to 8,000, sized as the selection sizes it against the program's own choice;
+--bounds times this tree's Lloyd passes with distance bounds against full ones on each case.
 Prints markdown tables; --out also writes them there.
 """
 import argparse
@@ -84,16 +86,21 @@ def load_modules(revision):
 
 
 def functions(jax, old, new, case):
-    """{impl: (seeding, kmeans)} jitted, the case's k bound. The new code is told its sizes
-    (`sizing`: the seeding's rows, Lloyd's distance bounds or not), as the selection tells it
-    from the candidate count it reads on the host."""
+    """{impl: (seeding, kmeans)} jitted, the case's k bound. Code that takes its sizes
+    (`sizing`: the seeding's rows, Lloyd's distance bounds or not) is told them, as the
+    selection tells it from the candidate count it reads on the host; older code (62329fb)
+    seeds over the whole buffer (`kmeans_plus_plus`) and needs none."""
     k = case["k"]
-    sizing = new.sizing(case["n_valid"], k, case["m"])
-    return {
-        "old": (jax.jit(functools.partial(old.kmeans_plus_plus, k=k)), jax.jit(functools.partial(old.kmeans, k=k))),
-        "new": (jax.jit(functools.partial(new.sampled_kmeans_plus_plus, k=k, rows=sizing.seed_rows)),
-                jax.jit(functools.partial(new.kmeans, k=k, **sizing._asdict()))),
-    }
+
+    def pair(module):
+        if not hasattr(module, "sizing"):
+            return (jax.jit(functools.partial(module.kmeans_plus_plus, k=k)),
+                    jax.jit(functools.partial(module.kmeans, k=k)))
+        sizing = module.sizing(case["n_valid"], k, case["m"])
+        return (jax.jit(functools.partial(module.sampled_kmeans_plus_plus, k=k, rows=sizing.seed_rows)),
+                jax.jit(functools.partial(module.kmeans, k=k, **sizing._asdict())))
+
+    return {"old": pair(old), "new": pair(new)}
 
 
 def timed(jax, fn, *args):
@@ -297,6 +304,39 @@ def seeding_sizes(repeats):
         f"median of {repeats} calls, the two alternating.", "", *lines, ""])
 
 
+def bounds(case_names, repeats):
+    """This tree's k-means with Lloyd's distance bounds against full passes on each case, the
+    seeding sized as the selection sizes it, calls alternating; the two must end with the same
+    centres (bounds skip only rows whose cluster cannot change). -> markdown table."""
+    import jax
+    import jax.numpy as jnp
+
+    from alfamix_jax.selection import kmeans as km
+
+    lines = ["| case | rows per centre | Lloyd passes | bounded s | full s | full / bounded | same centres |",
+             "|---|---|---|---|---|---|---|"]
+    for name in case_names:
+        case = CASES[name]
+        x, n, k = jax.device_put(make_buffer(case)), case["n_valid"], case["k"]
+        rows = km.seeding_rows(n, k, case["m"])
+        fns = {b: jax.jit(functools.partial(km.kmeans, k=k, seed_rows=rows, bounded=b)) for b in (True, False)}
+        results = {b: jax.block_until_ready(fn(jax.random.key(0), x, n)) for b, fn in fns.items()}
+        runs = {b: [] for b in fns}
+        for _ in range(repeats):
+            for b, fn in fns.items():
+                runs[b].append(timed(jax, fn, jax.random.key(0), x, n)[1:])
+        t = {b: (statistics.median(a[0] for a in v), statistics.median(a[1] for a in v)) for b, v in runs.items()}
+        same = bool(jnp.array_equal(results[True].centres, results[False].centres))
+        lines.append(f"| {name} | {n // k} | {int(results[True].iterations)} | {t[True][0]:.3f} ({t[True][1]:.3f}) | "
+                     f"{t[False][0]:.3f} ({t[False][1]:.3f}) | {t[False][0] / t[True][0]:.2f}x | "
+                     f"{'yes' if same else 'NO'} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join([
+        "# k-means: Lloyd's distance bounds against full passes", "",
+        f"Machine: {describe()}. Wall s (CPU s), median of {repeats} calls, the two alternating; key 0.", "",
+        *lines, ""])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES))
@@ -307,6 +347,8 @@ def main():
     ap.add_argument("--skip-selection", action="store_true")
     ap.add_argument("--seeding-sizes", action="store_true",
                     help="only the seeding sized by the candidate count against the program's own choice")
+    ap.add_argument("--bounds", action="store_true",
+                    help="only this tree's k-means with distance bounds against full passes, per case")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cold", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     ap.add_argument("--selection-worker", action="store_true", help=argparse.SUPPRESS)
@@ -320,8 +362,8 @@ def main():
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
-    if args.seeding_sizes:
-        text = seeding_sizes(args.repeats)
+    if args.seeding_sizes or args.bounds:
+        text = seeding_sizes(args.repeats) if args.seeding_sizes else bounds(args.cases.split(","), args.repeats)
         print(text)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

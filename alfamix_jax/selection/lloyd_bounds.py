@@ -164,13 +164,13 @@ def worth_it(n_valid: int, k: int) -> bool:
     """Whether bounds pay for themselves at n_valid rows and k centres (the host decides, as it
     knows the count). Each pass also widens the bounds and packs the rows in a pass of its
     own, the run ends with one full pass, and the program has more to compile. Measured on a
-    2-core Intel Xeon, steady, the same centres either way (the finish program for the
-    selections; k-means alone for the others):
-    - the Fashion-MNIST protocol's learned-alpha candidates, x 256, k = 100: 35,417 rows
-      (354 per centre, 64 passes) 0.46 s against 0.91 s, 26,303 rows 0.42 s against 0.87 s;
-    - 65,536 x 128, k = 1000 (65 rows per centre, random points), 28 passes: 3.89 s against
-      3.49 s;
-    - 20,000 x 64 blobs, k = 200 (100 per centre), 8 passes: 0.082 s against 0.088 s.
-    With bounds the first of those finish programs compiles in 1.46 s, against 1.33 s. So
-    only from 128 rows per centre, where the centres settle and a row is rarely recomputed."""
+    2-core Intel Xeon, steady, the same centres either way
+    (`experiments/results/fmnist_query/stages.md`, `experiments/results/kmeans/bounds_moved_sums.md`):
+    - the Fashion-MNIST protocol's learned-alpha candidates, x 256, k = 100: 35,417 rows (354
+      per centre, 64 passes) 0.42 s against 0.88 s for the finish program, 27,157 rows 0.36 s
+      against 0.76 s; that program compiles in 1.50 s with bounds against 1.34 s;
+    - 65,536 x 128, k = 1000 (65 rows per centre, random points), 36 passes: 4.26 s either way;
+    - 20,000 x 64 blobs, k = 200 (100 per centre), 14 passes: 0.083 s against 0.118 s.
+    So from 128 rows per centre, where the centres settle and a row is rarely recomputed, and
+    the steady gain outweighs the compile in a run of a few rounds."""
     return n_valid >= 128 * k and n_valid >= 4096
