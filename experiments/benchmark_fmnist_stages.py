@@ -16,6 +16,7 @@ embedding pass, the rest of a round's query, is in `benchmark_fmnist_query.py`'s
 Needs the Fashion-MNIST IDX files (Debian's dataset-fashion-mnist).
 """
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -27,6 +28,7 @@ from machine import describe
 
 from alfamix_jax.cli import main as cli_main
 from alfamix_jax.experiment import runner
+from alfamix_jax.experiment.config import load_config
 from alfamix_jax.selection import stages
 from alfamix_jax.selection.selector import make_alfamix_selector
 
@@ -37,7 +39,7 @@ def capture_queries(workdir: Path, args: argparse.Namespace) -> list[dict]:
     query = runner._query
 
     def keep(trainer, strategy, state, bench, labelled, key):
-        embeddings, _ = trainer.embed_and_logits(state, bench.x_train)
+        embeddings, _ = trainer.embed_and_logits(state, bench.x_train)  # again in the query: outside its timing
         queries.append(dict(embeddings=np.asarray(embeddings), head=jax.device_get(trainer.head_params(state)),
                             labels=np.asarray(jax.numpy.where(labelled, bench.y_train_device, -1)), key=key))
         return query(trainer, strategy, state, bench, labelled, key)
@@ -115,7 +117,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         queries = capture_queries(Path(tmp) / "work", args)
-    select = make_alfamix_selector(budget=100, num_classes=10, alpha=args.alpha, alpha_cap_step=0.2)
+    config = load_config("fashion_mnist_mlp")  # the protocol's budget and selector settings, as the run used them
+    select = make_alfamix_selector(budget=config.loop.budget_at(1), num_classes=10,
+                                   settings=dataclasses.replace(config.alfamix, alpha=args.alpha))
     lines = [f"`experiments/benchmark_fmnist_stages.py --alpha {args.alpha} --rounds {args.rounds} "
              f"--repeats {args.repeats}`: seconds, median (minimum)", "",
              "| round | candidates | search | finish, bounded | finish, full | Lloyd passes | same picks | "
